@@ -1,0 +1,168 @@
+"""Typed errors of the NexusFS public API.
+
+Every error raised across the public API is a :class:`NexusError` and also subclasses the
+builtin exception whose meaning it carries, so ``except FileNotFoundError`` keeps working
+for callers that do not know NexusFS. Each error class has a stable ``code`` string used
+when errors cross a process boundary (bus, gRPC): ``error_from_code`` rebuilds the same
+class on the other side.
+
+Invariant: raising one of these never leaves partial state behind; the syscall layer
+raises before it commits anything, or after a commit that already happened completely.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "CorruptStore",
+    "DirectoryNotEmpty",
+    "InvalidPath",
+    "IsADirectory",
+    "MountError",
+    "NexusError",
+    "NotADirectory",
+    "NotFound",
+    "PermissionDenied",
+    "ServiceUnavailable",
+    "StoreClosed",
+    "StoreLocked",
+    "error_from_code",
+]
+
+
+class NexusError(Exception):
+    """Base class of every NexusFS error. ``code`` names the error on the wire."""
+
+    code = "nexus_error"
+
+    def __init__(self, message: str = "", *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.path is not None and self.path not in self.message:
+            return f"{self.message}: {self.path}" if self.message else self.path
+        return self.message
+
+
+class NotFound(NexusError, FileNotFoundError):
+    """The path (or blob, or key) does not exist."""
+
+    code = "not_found"
+
+
+class AlreadyExists(NexusError, FileExistsError):
+    """The path exists and the operation required that it did not."""
+
+    code = "already_exists"
+
+
+class NotADirectory(NexusError, NotADirectoryError):
+    """A directory operation met a file, or a path goes *through* a file."""
+
+    code = "not_a_directory"
+
+
+class IsADirectory(NexusError, IsADirectoryError):
+    """A file operation met a directory."""
+
+    code = "is_a_directory"
+
+
+class DirectoryNotEmpty(NexusError, OSError):
+    """``rmdir`` without ``recursive`` on a directory that has children, or unmount of a
+    store that still holds files."""
+
+    code = "directory_not_empty"
+
+
+class InvalidPath(NexusError, ValueError):
+    """The path breaks the path rules: not absolute, NUL or control characters, ``..``
+    segments, a name over 255 bytes or a path over 4096 bytes, or a reserved prefix."""
+
+    code = "invalid_path"
+
+
+class PermissionDenied(NexusError, PermissionError):
+    """The acting subject may not perform the operation, or a pre-hook vetoed it, or the
+    path is read-only (``/__sys__``)."""
+
+    code = "permission_denied"
+
+
+class Conflict(NexusError):
+    """Optimistic concurrency failed: ``if_version`` did not match the current version, or
+    a compare-and-swap saw a different value."""
+
+    code = "conflict"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | None = None,
+        expected: int | None = None,
+        actual: int | None = None,
+    ) -> None:
+        super().__init__(message, path=path)
+        self.expected = expected
+        self.actual = actual
+
+
+class ServiceUnavailable(NexusError, ConnectionError):
+    """A service (or a remote kernel) could not answer within the deadline."""
+
+    code = "service_unavailable"
+
+
+class MountError(NexusError, OSError):
+    """A mount or unmount request is invalid: unknown URI scheme, busy mount point,
+    or not a mount point."""
+
+    code = "mount_error"
+
+
+class StoreLocked(NexusError, OSError):
+    """The store (a redb file) is already open by another process."""
+
+    code = "store_locked"
+
+
+class CorruptStore(NexusError, OSError):
+    """A store file failed its integrity checks; nothing was changed on disk."""
+
+    code = "corrupt_store"
+
+
+class StoreClosed(NexusError, OSError):
+    """The store or kernel was used after ``close()``."""
+
+    code = "store_closed"
+
+
+_BY_CODE: dict[str, type[NexusError]] = {
+    cls.code: cls
+    for cls in (
+        NexusError,
+        NotFound,
+        AlreadyExists,
+        NotADirectory,
+        IsADirectory,
+        DirectoryNotEmpty,
+        InvalidPath,
+        PermissionDenied,
+        Conflict,
+        ServiceUnavailable,
+        MountError,
+        StoreLocked,
+        CorruptStore,
+        StoreClosed,
+    )
+}
+
+
+def error_from_code(code: str, message: str, path: str | None = None) -> NexusError:
+    """Rebuild a typed error from its wire ``code``; unknown codes give a ``NexusError``."""
+    return _BY_CODE.get(code, NexusError)(message, path=path)
