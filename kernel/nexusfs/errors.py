@@ -42,9 +42,9 @@ class NexusError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        if self.path is not None and self.path not in self.message:
-            return f"{self.message}: {self.path}" if self.message else self.path
-        return self.message
+        if self.path is None or self.message.endswith(f": {self.path}"):
+            return self.message
+        return f"{self.message}: {self.path}" if self.message else self.path
 
 
 class NotFound(NexusError, FileNotFoundError):
