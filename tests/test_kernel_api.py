@@ -434,3 +434,28 @@ def test_second_process_gets_store_locked(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "locked" in out.stdout
+
+
+def test_write_retries_when_gc_reclaims_its_deduplicated_blob(
+    nx: NexusFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: gc deletes an orphan blob right after a write deduplicated
+    onto it and before the write commits. The write must not commit a dangling inode."""
+    store = nx._stores["local:objects"]
+    data = os.urandom(BIG)
+    store.put(data)  # an orphan, as a crash would leave it
+    real_put = store.put
+    calls = []
+
+    def put_then_reclaim(payload: object) -> object:
+        info = real_put(payload)  # type: ignore[arg-type]
+        calls.append(info.content_id)
+        if len(calls) == 1:
+            store.delete(info.content_id)  # what gc(grace=0) would do at this moment
+        return info
+
+    monkeypatch.setattr(store, "put", put_then_reclaim)
+    meta = nx.write("/f", data)
+    assert len(calls) == 2
+    assert store.exists(meta.content_id or "")
+    assert nx.read("/f") == data

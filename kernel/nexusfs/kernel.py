@@ -127,9 +127,7 @@ class NexusFS:
         store_opener: StoreOpener | None = None,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self.durability = Durability(
-            durability or getattr(metastore, "durability", Durability.DEFERRED)
-        )
+        self.durability = Durability(durability or metastore.durability)
         self.inline_max = inline_max
         self._zone_opener = zone_opener or self._default_zone_opener
         self._store_opener = store_opener or self._default_store_opener
@@ -400,20 +398,17 @@ class NexusFS:
                 p, route, zone, cid, len(data), data, None, if_version, exclusive, owner, mime_type
             )
         store_id = self._store_for(route, p)
-        info = self._stores[store_id].put(data)
-        return self._commit_file(
-            p,
-            route,
-            zone,
-            info.content_id,
-            info.size,
-            None,
-            store_id,
-            if_version,
-            exclusive,
-            owner,
-            mime_type,
-        )
+        for attempt in range(3):
+            info = self._stores[store_id].put(data)
+            try:
+                return self._commit_file(
+                    p, route, zone, info.content_id, info.size, None, store_id,
+                    if_version, exclusive, owner, mime_type,
+                )  # fmt: skip
+            except _Reclaimed:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _store_for(self, route: Route, p: str) -> str:
         if not route.store_uri:
@@ -463,7 +458,8 @@ class NexusFS:
             if store_id is not None:
                 refs[(store_id, cid)] += 1
                 if not self._referenced(store_id, cid) and not self._stores[store_id].exists(cid):
-                    raise Conflict("content was reclaimed concurrently; retry", path=p)
+                    # A dedup hit on an orphan that gc removed before this commit.
+                    raise _Reclaimed("content was reclaimed concurrently; retry", path=p)
             if old is not None and not old.inline and old.store and old.content_id:
                 refs[(old.store, old.content_id)] -= 1
             meta = FileMetadata(
@@ -996,6 +992,11 @@ class NexusFS:
         from nexusfs.errors import ServiceUnavailable
 
         raise ServiceUnavailable(f"no service provides {method!r} (no services installed)")
+
+
+class _Reclaimed(Conflict):
+    """The blob a commit was about to reference was reclaimed by ``gc`` in between
+    (a deduplicated write of an orphan). ``write`` retries; streams surface it."""
 
 
 class _Pin:
