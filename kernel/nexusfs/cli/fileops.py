@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nexusfs.cli.runtime import EXIT_ERROR, report, with_fs
+from nexusfs.cli.runtime import EXIT_ERROR, binary_stdout, report, with_fs
 from nexusfs.errors import AlreadyExists, InvalidPath, IsADirectory, NexusError, NotFound
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def write_cmd(fs: NexusFS, path: str, source: str, if_version: int | None, exclu
 @with_fs
 def cat_cmd(fs: NexusFS, paths: tuple[str, ...]) -> None:
     """Write the content of each PATH to stdout (binary-safe, streamed)."""
-    out = click.get_binary_stream("stdout")
+    out = binary_stdout()
     for path in paths:
         for chunk in fs.iter_read(path, chunk_size=CHUNK):
             out.write(chunk)

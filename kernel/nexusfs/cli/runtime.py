@@ -156,3 +156,8 @@ def report(exc: BaseException) -> None:
     """Print the one-line message of ``exc`` to stderr (for commands that go on after
     a failure, like ``rm a b c``)."""
     CLIError(describe_error(exc)).show()
+
+
+def binary_stdout() -> IO[bytes]:
+    """The binary stdout stream (looked up at call time, so CliRunner captures it)."""
+    return sys.stdout.buffer

@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING
 import click
 
 from nexusfs.cli.fileops import CHUNK, target_in
-from nexusfs.cli.runtime import with_fs
+from nexusfs.cli.runtime import binary_stdout, with_fs
 from nexusfs.errors import IsADirectory, NotFound
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def get_cmd(fs: NexusFS, remote: str, local: Path, recursive: bool, show_progres
     if str(local) == "-":
         if meta.is_dir:
             raise IsADirectory("is a directory", path=meta.path)
-        out = click.get_binary_stream("stdout")
+        out = binary_stdout()
         _copy(fs.iter_read(meta.path, chunk_size=CHUNK), out, lambda _n: None)
         out.flush()
         return
