@@ -22,8 +22,9 @@ from nexusfs.abc import BlobWriter
 from nexusfs.errors import IsADirectory, StoreClosed
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS, _Pin
     from nexusfs.metadata.inode import FileMetadata
+    from nexusfs.syscalls.core import _Pin
+    from nexusfs.syscalls.files import FileOps as NexusFS
 
 __all__ = ["open_file"]
 

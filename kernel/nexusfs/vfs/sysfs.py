@@ -16,12 +16,22 @@ tree is hidden from listings of ``/`` and reached by its path.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nexusfs.metadata.inode import EntryType, FileMetadata
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS
+    from nexusfs.abc import MountInfo
+    from nexusfs.syscalls.admin import ZoneInfo
+
+
+class NexusFS(Protocol):
+    """What this module reads from the kernel."""
+
+    def mounts(self) -> list[MountInfo]: ...
+    def zones(self) -> list[ZoneInfo]: ...
+    def revision(self, zone: str = ...) -> int: ...
+
 
 __all__ = ["read", "readdir", "stat"]
 
