@@ -1,0 +1,233 @@
+"""Benchmark of the local bus against a raw Unix-socket ping-pong.
+
+    python bench/bench_bus.py [--quick]
+
+Measures, in one run (servers in separate processes):
+  (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99;
+  (b) BlockingClient round trip to an anyio bus server (async and plain handler);
+  (c) async Connection round trip (anyio, asyncio backend);
+  (d) pipelined throughput: BlockingClient.call_many and 64 concurrent async callers.
+Latency rounds alternate raw/bus so that machine noise hits both alike; the reported p50
+is the median of the per-round p50s. Always exits 0; prints PASS/MISS per target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "kernel"))
+
+from nexusfs.bus import BlockingClient, connect_unix, serve_unix  # noqa: E402
+
+TARGET_P50_US = 40.0
+TARGET_RATIO = 4.0
+TARGET_CALLS_S = 50_000.0
+
+
+# -- servers (run as child processes) ---------------------------------------------------
+
+
+def serve_raw(path: str) -> None:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen()
+    print("ready", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        while True:
+            data = conn.recv(8)
+            if not data:
+                break
+            conn.sendall(data)
+        conn.close()
+
+
+class EchoService:
+    async def echo(self, x: Any) -> Any:
+        return x
+
+    def echo_sync(self, x: Any) -> Any:
+        return x
+
+
+def serve_bus(path: str) -> None:
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve_unix, path, lambda conn: EchoService())
+            print("ready", flush=True)
+
+    anyio.run(main)
+
+
+def spawn(kind: str, path: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}", path],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"{kind} server failed to start")
+    return proc
+
+
+# -- measurements -----------------------------------------------------------------------
+
+
+def pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q))] * 1e6
+
+
+def time_loop(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    perf = time.perf_counter
+    for _ in range(n):
+        t0 = perf()
+        fn()
+        out.append(perf() - t0)
+    return out
+
+
+def measure_latencies(raw_path: str, bus_path: str, n: int, rounds: int
+                      ) -> dict[str, tuple[float, float]]:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(raw_path)
+
+    def ping() -> None:
+        raw.sendall(b"12345678")
+        raw.recv(8)
+
+    client = BlockingClient(bus_path, timeout=30)
+    cases: dict[str, Callable[[], Any]] = {
+        "raw": ping,
+        "bus_async": lambda: client.call("echo", x=1),
+        "bus_sync": lambda: client.call("echo_sync", x=1),
+    }
+    for fn in cases.values():  # warm up
+        time_loop(fn, 200)
+    p50s: dict[str, list[float]] = {k: [] for k in cases}
+    p99s: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            samples = time_loop(fn, n)
+            p50s[name].append(pct(samples, 0.5))
+            p99s[name].append(pct(samples, 0.99))
+    client.close()
+    raw.close()
+    return {k: (statistics.median(p50s[k]), statistics.median(p99s[k])) for k in cases}
+
+
+def measure_async(bus_path: str, n: int, batch: int) -> tuple[float, float, float]:
+    result: list[float] = []
+
+    async def main() -> None:
+        async with connect_unix(bus_path) as conn:
+            for _ in range(200):
+                await conn.call("echo", x=1)
+            samples = []
+            perf = time.perf_counter
+            for _ in range(n):
+                t0 = perf()
+                await conn.call("echo", x=1)
+                samples.append(perf() - t0)
+            result.extend([pct(samples, 0.5), pct(samples, 0.99)])
+            per_worker = batch // 64
+
+            async def worker() -> None:
+                for _ in range(per_worker):
+                    await conn.call("echo", x=1)
+
+            t0 = perf()
+            async with anyio.create_task_group() as tg:
+                for _ in range(64):
+                    tg.start_soon(worker)
+            result.append(per_worker * 64 / (perf() - t0))
+
+    anyio.run(main)
+    return result[0], result[1], result[2]
+
+
+def measure_call_many(bus_path: str, batch: int, method: str) -> float:
+    with BlockingClient(bus_path, timeout=60) as client:
+        client.call_many([(method, {"x": 1})] * 1000)  # warm up
+        calls = [(method, {"x": i}) for i in range(batch)]
+        t0 = time.perf_counter()
+        out = client.call_many(calls)
+        dt = time.perf_counter() - t0
+        assert out[-1] == batch - 1
+    return batch / dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="short run (< 10 s)")
+    ap.add_argument("--serve-raw", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-bus", metavar="PATH", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_raw:
+        serve_raw(args.serve_raw)
+        return 0
+    if args.serve_bus:
+        serve_bus(args.serve_bus)
+        return 0
+
+    n, rounds, batch = (1500, 3, 20_000) if args.quick else (10_000, 5, 200_000)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-bus-") as tmp:
+        raw_path, bus_path = os.path.join(tmp, "raw.sock"), os.path.join(tmp, "run", "bus.sock")
+        procs = [spawn("raw", raw_path), spawn("bus", bus_path)]
+        try:
+            lat = measure_latencies(raw_path, bus_path, n, rounds)
+            a50, a99, async_tput = measure_async(bus_path, n, batch)
+            many_async = measure_call_many(bus_path, batch, "echo")
+            many_sync = measure_call_many(bus_path, batch, "echo_sync")
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(5)
+
+    raw50, raw99 = lat["raw"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    rows.append(("(a) raw socket ping-pong", f"{raw50:7.1f}", f"{raw99:7.1f}", "baseline"))
+    for key, label in (("bus_async", "async handler"), ("bus_sync", "plain handler")):
+        p50, p99 = lat[key]
+        ratio = p50 / raw50
+        ok = p50 <= TARGET_P50_US and ratio <= TARGET_RATIO
+        rows.append((f"(b) BlockingClient, {label}", f"{p50:7.1f}", f"{p99:7.1f}",
+                     f"{ratio:4.1f}x raw  p50<={TARGET_P50_US:.0f}us & <={TARGET_RATIO:.0f}x "
+                     f"{verdict(ok)}"))
+    rows.append(("(c) async Connection", f"{a50:7.1f}", f"{a99:7.1f}",
+                 f"{a50 / raw50:4.1f}x raw  (no target)"))
+    print(f"\nbus benchmark ({'quick' if args.quick else 'full'}; {n} calls x {rounds} rounds; "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus)\n")
+    print(f"{'case':34} {'p50 us':>8} {'p99 us':>8}  result")
+    for r in rows:
+        print(f"{r[0]:34} {r[1]:>8} {r[2]:>8}  {r[3]}")
+    print(f"\n{'throughput':34} {'calls/s':>17}  result")
+    for label, v in (("(d) call_many, async handler", many_async),
+                     ("(d) call_many, plain handler", many_sync),
+                     ("(d) 64 concurrent async callers", async_tput)):
+        print(f"{label:34} {v:17,.0f}  >={TARGET_CALLS_S:,.0f}/s "
+              f"{verdict(v >= TARGET_CALLS_S)}")
+    print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""NexusFS local bus: length-prefixed msgpack RPC over Unix domain sockets.
+
+* :class:`Connection` - symmetric async peer (anyio): calls in both directions,
+  pipelining, deadlines carried in the frame, cancellation, notifications.
+* :func:`serve_unix` / :func:`connect_unix` - listener (0700 dir, 0600 socket,
+  SO_PEERCRED check) and async connector.
+* :class:`BlockingClient` - thread-safe blocking client for synchronous callers.
+* Errors: :class:`FrameTooLarge`, :class:`ProtocolError`, :class:`UnknownMethod`,
+  :class:`DeadlineExceeded` (a ServiceUnavailable and a TimeoutError),
+  :class:`InternalError` (non-Nexus handler exceptions, code ``internal``); any
+  :class:`~nexusfs.errors.NexusError` raised by a handler arrives with its own class.
+
+Wire format and invariants: :mod:`nexusfs.bus.protocol`.
+"""
+
+from __future__ import annotations
+
+from nexusfs.bus.client import BlockingClient
+from nexusfs.bus.connection import Connection, Handlers
+from nexusfs.bus.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DeadlineExceeded,
+    FrameTooLarge,
+    InternalError,
+    ProtocolError,
+    UnknownMethod,
+    error_from_wire,
+)
+from nexusfs.bus.server import HandlerFactory, connect_unix, peer_credentials, serve_unix
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "BlockingClient",
+    "Connection",
+    "DeadlineExceeded",
+    "FrameTooLarge",
+    "HandlerFactory",
+    "Handlers",
+    "InternalError",
+    "ProtocolError",
+    "UnknownMethod",
+    "connect_unix",
+    "error_from_wire",
+    "peer_credentials",
+    "serve_unix",
+]

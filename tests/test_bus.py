@@ -1,0 +1,568 @@
+"""Tests of the local bus (nexusfs.bus): framing, async Connection (both engines),
+serve_unix hardening, BlockingClient. Timing bounds are generous (seconds)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+
+from nexusfs.bus import (
+    BlockingClient,
+    Connection,
+    DeadlineExceeded,
+    FrameTooLarge,
+    InternalError,
+    UnknownMethod,
+    connect_unix,
+    serve_unix,
+)
+from nexusfs.bus.protocol import FrameDecoder, ProtocolError, encode_frame
+from nexusfs.errors import Conflict, NexusError, NotFound, ServiceUnavailable
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+ENGINES = [pytest.param(False, id="fast"), pytest.param(True, id="portable")]
+
+
+class Service:
+    """Server-side handlers; ``conn`` is the server end (for calls back)."""
+
+    def __init__(self, conn: Connection | None = None) -> None:
+        self.conn = conn
+        self.cancelled = threading.Event()
+        self.started = threading.Event()
+        self.order: list[int] = []
+
+    async def echo(self, x: Any) -> Any:
+        return x
+
+    def secho(self, x: Any) -> Any:
+        return x
+
+    async def add(self, a: int, b: int) -> int:
+        return a + b
+
+    async def delayed(self, i: int, delay: float) -> int:
+        await anyio.sleep(delay)
+        self.order.append(i)
+        return i
+
+    async def missing(self, path: str) -> None:
+        raise NotFound("no such file", path=path)
+
+    async def conflict(self) -> None:
+        raise Conflict("version mismatch", path="/f", expected=3, actual=4)
+
+    async def boom(self) -> None:
+        raise ValueError("kaboom")
+
+    async def hang(self) -> None:
+        self.started.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+
+    async def big(self, n: int) -> bytes:
+        return b"x" * n
+
+    async def ask_back(self, x: int) -> int:
+        assert self.conn is not None
+        return int(await self.conn.call("client_double", x=x)) + 1
+
+    async def subscribe(self, n: int) -> str:
+        assert self.conn is not None
+        for i in range(n):
+            await self.conn.notify("event", i=i)
+        return "ok"
+
+    async def later_notes(self, n: int) -> str:
+        assert self.conn is not None
+        conn = self.conn
+
+        async def push() -> None:
+            await anyio.sleep(0.2)
+            for i in range(n):
+                await conn.notify("event", i=i)
+
+        _background.append(push)  # run by served_in_thread's pusher task
+        return "ok"
+
+    async def note_sink(self, v: int) -> None:
+        self.order.append(v)
+
+
+_background: list[Callable[[], Any]] = []
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, portable: bool = False, **kw: Any) -> AsyncIterator[
+        tuple[Path, list[Service]]]:
+    path = tmp_path / "run" / "bus.sock"
+    services: list[Service] = []
+
+    def factory(conn: Connection) -> Service:
+        s = Service(conn)
+        services.append(s)
+        return s
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(serve_unix, path, factory, portable=portable, **kw))
+        yield path, services
+        tg.cancel_scope.cancel()
+
+
+@contextmanager
+def served_in_thread(tmp_path: Path, **kw: Any) -> Iterator[tuple[Path, list[Service]]]:
+    path = tmp_path / "run" / "bus.sock"
+    services: list[Service] = []
+
+    def factory(conn: Connection) -> Service:
+        s = Service(conn)
+        services.append(s)
+        return s
+
+    async def pusher() -> None:  # runs queued background notifications
+        while True:
+            while _background:
+                await _background.pop()()
+            await anyio.sleep(0.02)
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        fut, _ = portal.start_task(partial(serve_unix, path, factory, **kw))
+        pfut = portal.start_task_soon(pusher)
+        try:
+            yield path, services
+        finally:
+            fut.cancel()
+            pfut.cancel()
+
+
+def raw_connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    return s
+
+
+def frame(obj: Any) -> bytes:
+    body = msgpack.packb(obj)
+    return struct.pack(">I", len(body)) + body
+
+
+def read_frame(s: socket.socket) -> Any:
+    hdr = b""
+    while len(hdr) < 4:
+        chunk = s.recv(4 - len(hdr))
+        if not chunk:
+            return None
+        hdr += chunk
+    (n,) = struct.unpack(">I", hdr)
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return msgpack.unpackb(body)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def assert_closed_by_peer(s: socket.socket) -> None:
+    s.settimeout(10)
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return
+
+
+# -- framing ----------------------------------------------------------------------------
+
+
+def test_decoder_splits_and_buffers() -> None:
+    f1 = encode_frame({"t": "cancel", "id": 1})
+    f2 = encode_frame({"t": "res", "id": 2, "r": [1, b"b"]})
+    dec = FrameDecoder()
+    data = f1 + f2
+    out = []
+    for i in range(len(data)):  # byte by byte
+        out += dec.feed(data[i : i + 1])
+    assert [m["id"] for m in out] == [1, 2]
+    assert out[1]["r"] == [1, b"b"] and dec.pending == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"t": "req", "id": 1}),
+     msgpack.packb({"t": "zzz", "id": 1}), msgpack.packb({"t": "res", "id": "x", "r": 1}),
+     msgpack.packb({"t": "cancel", "id": 1}) + b"\x00"],
+)
+def test_decoder_rejects_bad_bodies(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+
+
+def test_oversize_both_sides_of_codec() -> None:
+    with pytest.raises(FrameTooLarge):
+        encode_frame({"t": "note", "m": "x", "a": {"b": b"x" * 2000}}, 1024)
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(1024).feed(struct.pack(">I", 1025))  # body never needed
+    assert issubclass(FrameTooLarge, NexusError) and FrameTooLarge.code == "frame_too_large"
+
+
+# -- async Connection ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_round_trip_and_typed_errors(tmp_path: Path, portable: bool) -> None:
+    async with served(tmp_path, portable) as (path, _), connect_unix(
+        path, portable=portable
+    ) as conn:
+        assert await conn.call("echo", x={"a": [1, 2], "b": b"\x00"}) == {
+            "a": [1, 2], "b": b"\x00"}
+        assert await conn.call("secho", x="sync") == "sync"
+        assert await conn.request("add", {"a": 2, "b": 3}) == 5
+        with pytest.raises(NotFound) as ei:
+            await conn.call("missing", path="/a/b")
+        assert ei.value.path == "/a/b" and isinstance(ei.value, FileNotFoundError)
+        with pytest.raises(Conflict) as ci:
+            await conn.call("conflict")
+        assert (ci.value.expected, ci.value.actual) == (3, 4)
+        with pytest.raises(InternalError) as ii:
+            await conn.call("boom")
+        assert ii.value.code == "internal" and "ValueError: kaboom" in str(ii.value)
+        assert isinstance(ii.value, NexusError)
+        with pytest.raises(UnknownMethod):
+            await conn.call("no_such_method")
+        with pytest.raises(UnknownMethod):
+            await conn.call("_private")
+        with pytest.raises(InternalError):  # bad arguments: TypeError in the handler call
+            await conn.call("add", a=1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_1000_pipelined_calls_out_of_order(tmp_path: Path, portable: bool) -> None:
+    async with served(tmp_path, portable) as (path, services), connect_unix(
+        path, portable=portable
+    ) as conn:
+        results: dict[int, int] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await conn.call("delayed", i=i, delay=((1000 - i) % 7) * 0.002)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                tg.start_soon(one, i)
+        assert results == {i: i for i in range(1000)}
+        order = services[0].order
+        assert sorted(order) == list(range(1000)) and order != sorted(order)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_calls_in_both_directions(tmp_path: Path, portable: bool) -> None:
+    async def client_double(x: int) -> int:
+        return 2 * x
+
+    async with served(tmp_path, portable) as (path, _), connect_unix(
+        path, {"client_double": client_double}, portable=portable
+    ) as conn:
+        async with anyio.create_task_group() as tg:
+            out: list[int] = []
+
+            async def go(i: int) -> None:
+                out.append(await conn.call("ask_back", x=i))
+
+            for i in range(50):
+                tg.start_soon(go, i)
+        assert sorted(out) == sorted(2 * i + 1 for i in range(50))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_deadline_cancels_handler(tmp_path: Path, portable: bool) -> None:
+    async with served(tmp_path, portable) as (path, services), connect_unix(
+        path, portable=portable
+    ) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as ei:
+            await conn.call("hang", timeout=0.3)
+        assert time.monotonic() - t0 < 5
+        assert isinstance(ei.value, TimeoutError) and isinstance(ei.value, ServiceUnavailable)
+        with anyio.fail_after(5):
+            while not services[0].cancelled.is_set():
+                await anyio.sleep(0.01)
+        assert await conn.call("echo", x=1) == 1  # connection still healthy
+        with pytest.raises(DeadlineExceeded):
+            await conn.call("echo", x=1, deadline=time.time() - 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_outer_cancellation_sends_cancel_frame(tmp_path: Path, portable: bool) -> None:
+    async with served(tmp_path, portable) as (path, services), connect_unix(
+        path, portable=portable
+    ) as conn:
+        with anyio.move_on_after(0.3):
+            await conn.call("hang")  # no deadline at all: only the cancel frame stops it
+        with anyio.fail_after(5):
+            while not services[0].cancelled.is_set():
+                await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("portable", ENGINES)
+def test_frame_deadline_and_cancel_frame_on_server(tmp_path: Path, portable: bool) -> None:
+    with served_in_thread(tmp_path, portable=portable) as (path, services):
+        s = raw_connect(path)
+        s.sendall(frame({"t": "req", "id": 7, "m": "hang", "a": {}, "d": time.time() + 0.3}))
+        reply = read_frame(s)  # the server's own deadline fires; the caller never cancels
+        assert reply["t"] == "err" and reply["id"] == 7 and reply["c"] == "deadline_exceeded"
+        assert services[0].cancelled.wait(5)
+        s.close()
+        s = raw_connect(path)
+        s.sendall(frame({"t": "req", "id": 1, "m": "hang", "a": {}, "d": None}))
+        wait_until(lambda: len(services) == 2)
+        assert services[1].started.wait(5)
+        s.sendall(frame({"t": "cancel", "id": 1}))
+        assert services[1].cancelled.wait(5)
+        s.sendall(frame({"t": "req", "id": 2, "m": "echo", "a": {"x": 5}, "d": None}))
+        assert read_frame(s) == {"t": "res", "id": 2, "r": 5}  # no answer for id 1
+        s.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_connection_loss_fails_pending_calls(tmp_path: Path, portable: bool) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "dead.sock")
+    listener.bind(path)
+    listener.listen()
+    async with connect_unix(path, portable=portable) as conn:
+        peer, _ = listener.accept()
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await conn.call("anything")
+            except BaseException as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+            await anyio.sleep(0.2)
+            t0 = time.monotonic()
+            peer.close()
+        assert time.monotonic() - t0 < 5
+        assert len(errors) == 5 and all(type(e) is ServiceUnavailable for e in errors)
+        with pytest.raises(ServiceUnavailable):
+            await conn.call("anything")
+    listener.close()
+
+
+@pytest.mark.anyio
+async def test_oversized_frames_both_directions(tmp_path: Path) -> None:
+    async with served(tmp_path, max_frame_size=4096) as (path, _):
+        async with connect_unix(path, max_frame_size=4096) as conn:
+            with pytest.raises(FrameTooLarge):
+                await conn.call("echo", x=b"x" * 5000)  # refused before sending
+            with pytest.raises(FrameTooLarge):
+                await conn.call("big", n=5000)  # the server refuses to send its result
+            assert await conn.call("echo", x=1) == 1
+        async with connect_unix(path, max_frame_size=1 << 20) as conn:
+            with pytest.raises(ServiceUnavailable):  # server closes on the header alone
+                await conn.call("echo", x=b"x" * 5000)
+
+
+def test_bad_clients_do_not_hurt_server(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                        ) -> None:
+    caplog.set_level(logging.WARNING, logger="nexusfs.bus")
+    bad = [
+        struct.pack(">I", 1 << 30),  # oversized announcement
+        struct.pack(">I", 100) + b"0123456789",  # truncated (we close mid-frame)
+        struct.pack(">I", 1) + b"\xc1",  # garbage msgpack
+        frame([1, 2, 3]),  # non-dict body
+        frame({"t": "req", "id": 1, "m": "echo"}),  # missing fields
+        frame({"t": "req", "id": 1, "m": "hang", "a": {}, "d": None})
+        + frame({"t": "req", "id": 1, "m": "hang", "a": {}, "d": None}),  # duplicate id
+    ]
+    with served_in_thread(tmp_path) as (path, _):
+        for payload in bad:
+            s = raw_connect(path)
+            s.sendall(payload)
+            if payload.startswith(struct.pack(">I", 100)):
+                s.shutdown(socket.SHUT_WR)
+            assert_closed_by_peer(s)
+            s.close()
+        with BlockingClient(path, timeout=10) as c:
+            assert c.call("echo", x="still alive") == "still alive"
+    text = caplog.text
+    for needle in ("FrameTooLarge", "truncated frame", "undecodable", "not a map",
+                   "without an 'a' map", "duplicate request id"):
+        assert needle in text
+
+
+def test_socket_permissions_stale_and_live(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "bus.sock"
+    path.parent.mkdir(mode=0o755)
+    path.parent.chmod(0o755)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # leaves a stale socket file behind
+    with served_in_thread(tmp_path) as (p, _):
+        assert p == path
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with pytest.raises(OSError), served_in_thread(tmp_path):
+            pass  # a live server keeps its path
+    fresh = tmp_path / "fresh" / "deeper" / "bus.sock"
+    with served_in_thread(tmp_path / "fresh" / "x"):
+        pass
+    with anyio.from_thread.start_blocking_portal() as portal:
+        fut, _ = portal.start_task(partial(serve_unix, fresh, Service))
+        assert stat.S_IMODE(os.stat(fresh.parent).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
+        fut.cancel()
+    assert not fresh.exists()  # removed on shutdown
+
+
+def test_peer_credentials_rejected(tmp_path: Path) -> None:
+    with served_in_thread(tmp_path, allowed_uids={os.getuid() + 4242}) as (path, services):
+        with pytest.raises(ServiceUnavailable), BlockingClient(path, timeout=5) as c:
+            c.call("echo", x=1)
+        assert services == []  # no Connection/handlers were ever built
+
+
+# -- BlockingClient -----------------------------------------------------------------------
+
+
+def test_blocking_client_basics(tmp_path: Path) -> None:
+    with served_in_thread(tmp_path) as (path, services), BlockingClient(path) as c:
+        assert c.call("echo", x=[1, "a", b"b", None]) == [1, "a", b"b", None]
+        assert c.request("add", {"a": 1, "b": 2}) == 3
+        with pytest.raises(NotFound):
+            c.call("missing", path="/x")
+        with pytest.raises(UnknownMethod):
+            c.call("nope")
+        with pytest.raises(FrameTooLarge):
+            BlockingClient(path, max_frame_size=100).call("echo", x=b"y" * 200)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            c.call("hang", timeout=0.3)
+        assert time.monotonic() - t0 < 5
+        assert services[0].cancelled.wait(5)
+        big = b"z" * (3 << 20)  # larger than the client's receive buffer
+        assert c.call("echo", x=big) == big
+        res = c.call_many([("add", {"a": i, "b": 1}) for i in range(3000)])
+        assert res == [i + 1 for i in range(3000)]
+        mixed = c.call_many([("echo", {"x": 1}), ("boom", {})], return_exceptions=True)
+        assert mixed[0] == 1 and isinstance(mixed[1], InternalError)
+        with pytest.raises(InternalError):
+            c.call_many([("echo", {"x": 1}), ("boom", {})])
+    with pytest.raises(ServiceUnavailable):
+        c.call("echo", x=1)
+
+
+def test_blocking_client_8_threads(tmp_path: Path) -> None:
+    with served_in_thread(tmp_path) as (path, _), BlockingClient(path) as c:
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(200):
+                    delay = 0.001 if i % 10 == 0 else 0.0
+                    assert c.call("delayed", i=t * 1000 + i, delay=delay) == t * 1000 + i
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not errors and not any(th.is_alive() for th in threads)
+
+
+def test_blocking_client_connection_loss(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "dead.sock")
+    listener.bind(path)
+    listener.listen()
+    c = BlockingClient(path, timeout=30)
+    peer, _ = listener.accept()
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            c.call("x")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    peer.close()
+    for th in threads:
+        th.join(10)
+    assert time.monotonic() - t0 < 5
+    assert len(errors) == 4 and all(isinstance(e, ServiceUnavailable) for e in errors)
+    c.close()
+    listener.close()
+
+
+def test_blocking_client_notifications(tmp_path: Path) -> None:
+    got: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def on_notify(method: str, args: dict[str, Any]) -> None:
+        got.append((method, args["i"]))
+        if len(got) == 8:
+            done.set()
+
+    with served_in_thread(tmp_path) as (path, _), BlockingClient(
+        path, on_notify=on_notify
+    ) as c:
+        assert c.call("subscribe", n=3) == "ok"  # arrive while the call is in flight
+        assert c.call("later_notes", n=5) == "ok"  # arrive while the client is idle
+        assert done.wait(10)
+    assert got == [("event", i) for i in range(3)] + [("event", i) for i in range(5)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("portable", ENGINES)
+async def test_async_notifications(tmp_path: Path, portable: bool) -> None:
+    async with served(tmp_path, portable) as (path, services), connect_unix(
+        path, portable=portable
+    ) as conn:
+        for v in range(5):
+            await conn.notify("note_sink", v=v)
+        await conn.notify("unknown_note")  # dropped, not an error
+        with anyio.fail_after(5):
+            while not services or len(services[0].order) < 5:
+                await anyio.sleep(0.01)
+        assert sorted(services[0].order) == list(range(5))
