@@ -1,4 +1,5 @@
-"""The public kernel API (ARCHITECTURE §5) on every metastore driver: behaviour and errors."""
+"""The public API (ARCHITECTURE §5), behaviour and errors, in every mode: embedded on the
+in-memory and the redb metastore, and through a kernel process over ``unix://``."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ from nexusfs import (
     PermissionDenied,
     StoreClosed,
 )
+from nexusfs.api import FileSystem
+from nexusfs.client import RemoteNexusFS
 from nexusfs.drivers.metastore.memory import MemoryMetastore
+from nexusfs.drivers.objectstore.local import LocalObjectStore
 from nexusfs.kernel import NexusFS
+from nexusfs.server import daemon
 
 BIG = 100_000  # over the inline threshold: stored as a blob
 
@@ -35,24 +40,51 @@ def _memory_fs(tmp_path: Path) -> NexusFS:
     return fs
 
 
-@pytest.fixture(params=["memory", "redb"])
-def nx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NexusFS]:
+OBJECTS: dict[int, Path] = {}
+
+
+@pytest.fixture(params=["memory", "redb", "unix"])
+def nx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileSystem]:
+    fs: FileSystem
     if request.param == "memory":
         fs = _memory_fs(tmp_path)
-    else:
+        OBJECTS[id(fs)] = tmp_path / "objects"
+    elif request.param == "redb":
         fs = nexusfs.connect(data_dir=tmp_path / "data")
+        OBJECTS[id(fs)] = tmp_path / "data" / "objects"
+    else:
+        daemon.start(tmp_path / "data")
+        request.addfinalizer(lambda: daemon.stop(tmp_path / "data"))
+        fs = nexusfs.connect(data_dir=tmp_path / "data")
+        assert isinstance(fs, RemoteNexusFS)
+        OBJECTS[id(fs)] = tmp_path / "data" / "objects"
     with fs:
         yield fs
+    OBJECTS.pop(id(fs))
 
 
-def blobs(fs: NexusFS) -> set[str]:
-    return {cid for store in fs._stores.values() for cid in store.list()}
+@pytest.fixture
+def embedded(nx: FileSystem) -> NexusFS:
+    """Tests that reach into kernel internals (fault injection) run embedded only."""
+    if not isinstance(nx, NexusFS):
+        pytest.skip("needs the embedded kernel's internals")
+    return nx
+
+
+def store_of(fs: FileSystem) -> LocalObjectStore:
+    """The default object store of ``fs``, opened on its directory (works in every mode:
+    blobs are files on disk)."""
+    return LocalObjectStore(OBJECTS[id(fs)])
+
+
+def blobs(fs: FileSystem) -> set[str]:
+    return set(store_of(fs).list())
 
 
 # ---------------------------------------------------------------------- files
 
 
-def test_write_read_stat(nx: NexusFS) -> None:
+def test_write_read_stat(nx: FileSystem) -> None:
     meta = nx.write("/a/b/c.txt", b"hello", mime_type="text/plain", owner="user:ann")
     assert meta.path == "/a/b/c.txt" and meta.size == 5 and meta.entry_type is EntryType.FILE
     assert meta.content_id == blake3.blake3(b"hello").hexdigest()
@@ -65,7 +97,7 @@ def test_write_read_stat(nx: NexusFS) -> None:
     assert nx.stat("/a/b/c.txt").mime_type == "text/plain"
 
 
-def test_big_file_goes_to_object_store(nx: NexusFS) -> None:
+def test_big_file_goes_to_object_store(nx: FileSystem) -> None:
     data = os.urandom(BIG)
     meta = nx.write("/big", data)
     assert not meta.inline and meta.store == "local:objects"
@@ -75,7 +107,7 @@ def test_big_file_goes_to_object_store(nx: NexusFS) -> None:
     assert meta.content_id in blobs(nx)
 
 
-def test_versions_are_monotonic_even_across_recreate(nx: NexusFS) -> None:
+def test_versions_are_monotonic_even_across_recreate(nx: FileSystem) -> None:
     v1 = nx.write("/f", b"1").version
     v2 = nx.write("/f", b"2").version
     nx.unlink("/f")
@@ -83,7 +115,7 @@ def test_versions_are_monotonic_even_across_recreate(nx: NexusFS) -> None:
     assert v1 < v2 < v3
 
 
-def test_if_version_and_exclusive(nx: NexusFS) -> None:
+def test_if_version_and_exclusive(nx: FileSystem) -> None:
     meta = nx.write("/f", b"1", exclusive=True)
     with pytest.raises(AlreadyExists):
         nx.write("/f", b"x", exclusive=True)
@@ -98,7 +130,7 @@ def test_if_version_and_exclusive(nx: NexusFS) -> None:
     assert nx.read("/g") == b"x"
 
 
-def test_typed_errors_subclass_builtins(nx: NexusFS) -> None:
+def test_typed_errors_subclass_builtins(nx: FileSystem) -> None:
     nx.write("/file", b"x")
     nx.mkdir("/dir")
     with pytest.raises(FileNotFoundError):
@@ -125,7 +157,7 @@ def test_typed_errors_subclass_builtins(nx: NexusFS) -> None:
     assert nx.read("/file") == b"x"  # nothing lost
 
 
-def test_nfc_paths_are_one_file(nx: NexusFS) -> None:
+def test_nfc_paths_are_one_file(nx: FileSystem) -> None:
     nx.write("/cafe\u0301", b"decomposed")
     assert nx.read("/caf\u00e9") == b"decomposed"
     assert nx.readdir("/").names == ["caf\u00e9"]
@@ -134,7 +166,7 @@ def test_nfc_paths_are_one_file(nx: NexusFS) -> None:
 # ---------------------------------------------------------------------- directories
 
 
-def test_mkdir_rmdir(nx: NexusFS) -> None:
+def test_mkdir_rmdir(nx: FileSystem) -> None:
     with pytest.raises(NotFound):
         nx.mkdir("/x/y")
     nx.mkdir("/x/y", parents=True)
@@ -156,7 +188,7 @@ def test_mkdir_rmdir(nx: NexusFS) -> None:
         nx.rmdir("/")
 
 
-def test_readdir_order_pagination_recursive(nx: NexusFS) -> None:
+def test_readdir_order_pagination_recursive(nx: FileSystem) -> None:
     names = [f"f{i:03d}" for i in range(50)]
     for n in reversed(names):
         nx.write(f"/d/{n}", n.encode())
@@ -189,7 +221,7 @@ def test_readdir_order_pagination_recursive(nx: NexusFS) -> None:
 # ---------------------------------------------------------------------- rename & copy
 
 
-def test_rename_file_and_directory(nx: NexusFS) -> None:
+def test_rename_file_and_directory(nx: FileSystem) -> None:
     data = os.urandom(BIG)
     nx.write("/src/a/big", data)
     nx.write("/src/a/small", b"s")
@@ -203,7 +235,7 @@ def test_rename_file_and_directory(nx: NexusFS) -> None:
     assert len(blobs(nx)) == 1
 
 
-def test_rename_errors(nx: NexusFS) -> None:
+def test_rename_errors(nx: FileSystem) -> None:
     nx.write("/d/f", b"1")
     nx.mkdir("/e")
     nx.write("/e2/x", b"x")
@@ -224,7 +256,7 @@ def test_rename_errors(nx: NexusFS) -> None:
     assert nx.read("/e/f") == b"1"
 
 
-def test_copy_shares_blob(nx: NexusFS) -> None:
+def test_copy_shares_blob(nx: FileSystem) -> None:
     data = os.urandom(BIG)
     nx.write("/a", data)
     meta = nx.copy("/a", "/b")
@@ -242,7 +274,7 @@ def test_copy_shares_blob(nx: NexusFS) -> None:
 # ---------------------------------------------------------------------- streaming
 
 
-def test_open_write_read_append(nx: NexusFS) -> None:
+def test_open_write_read_append(nx: FileSystem) -> None:
     chunk = os.urandom(64 * 1024)
     with nx.open("/s", "wb") as f:
         for _ in range(8):
@@ -262,7 +294,7 @@ def test_open_write_read_append(nx: NexusFS) -> None:
     assert nx.read("/small") == b"tiny!"
 
 
-def test_open_write_discarded_on_exception(nx: NexusFS) -> None:
+def test_open_write_discarded_on_exception(nx: FileSystem) -> None:
     nx.write("/keep", b"old")
     with pytest.raises(RuntimeError), nx.open("/keep", "wb") as f:
         f.write(os.urandom(BIG))
@@ -272,7 +304,7 @@ def test_open_write_discarded_on_exception(nx: NexusFS) -> None:
         nx.open("/keep", "r+b")
 
 
-def test_reader_keeps_its_version(nx: NexusFS) -> None:
+def test_reader_keeps_its_version(nx: FileSystem) -> None:
     old = os.urandom(BIG)
     nx.write("/v", old)
     with nx.open("/v", "rb") as r:
@@ -286,7 +318,7 @@ def test_reader_keeps_its_version(nx: NexusFS) -> None:
 # ---------------------------------------------------------------------- reclaim & gc
 
 
-def test_overwrite_and_unlink_reclaim_blobs(nx: NexusFS) -> None:
+def test_overwrite_and_unlink_reclaim_blobs(nx: FileSystem) -> None:
     nx.write("/f", os.urandom(BIG))
     nx.write("/f", os.urandom(BIG))
     nx.flush()
@@ -296,7 +328,7 @@ def test_overwrite_and_unlink_reclaim_blobs(nx: NexusFS) -> None:
     assert blobs(nx) == set()
 
 
-def test_identical_content_stored_once(nx: NexusFS) -> None:
+def test_identical_content_stored_once(nx: FileSystem) -> None:
     data = os.urandom(BIG)
     for i in range(5):
         nx.write(f"/dup/{i}", data)
@@ -307,9 +339,9 @@ def test_identical_content_stored_once(nx: NexusFS) -> None:
     assert nx.read("/dup/4") == data
 
 
-def test_gc_reclaims_orphans_only(nx: NexusFS) -> None:
+def test_gc_reclaims_orphans_only(nx: FileSystem) -> None:
     nx.write("/live", os.urandom(BIG))
-    orphan = nx._stores["local:objects"].put(os.urandom(BIG)).content_id
+    orphan = store_of(nx).put(os.urandom(BIG)).content_id
     report = nx.gc(grace=3600)
     assert report.reclaimed == 0 and report.kept_young == 1
     report = nx.gc(grace=0, dry_run=True)
@@ -322,7 +354,7 @@ def test_gc_reclaims_orphans_only(nx: NexusFS) -> None:
 # ---------------------------------------------------------------------- mounts, zones, sys
 
 
-def test_mount_store_and_unmount(nx: NexusFS, tmp_path: Path) -> None:
+def test_mount_store_and_unmount(nx: FileSystem, tmp_path: Path) -> None:
     uri = f"local://{tmp_path}/second"
     nx.mount("/m", uri)
     meta = nx.write("/m/f", os.urandom(BIG))
@@ -351,7 +383,7 @@ def test_mount_store_and_unmount(nx: NexusFS, tmp_path: Path) -> None:
         nx.mount("/busy", uri)
 
 
-def test_zones(nx: NexusFS) -> None:
+def test_zones(nx: FileSystem) -> None:
     nx.zone_create("proj")
     with pytest.raises(AlreadyExists):
         nx.zone_create("proj")
@@ -375,7 +407,7 @@ def test_zones(nx: NexusFS) -> None:
     assert nx.readdir("/__sys__/zones").names == ["proj", "root"]
 
 
-def test_sys_tree_is_read_only(nx: NexusFS) -> None:
+def test_sys_tree_is_read_only(nx: FileSystem) -> None:
     assert b'"uri": "local:objects"' in nx.read("/__sys__/mounts")
     assert "__sys__" not in nx.readdir("/").names
     for op in (
@@ -437,10 +469,11 @@ def test_second_process_gets_store_locked(tmp_path: Path) -> None:
 
 
 def test_write_retries_when_gc_reclaims_its_deduplicated_blob(
-    nx: NexusFS, monkeypatch: pytest.MonkeyPatch
+    embedded: NexusFS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault injection: gc deletes an orphan blob right after a write deduplicated
     onto it and before the write commits. The write must not commit a dangling inode."""
+    nx = embedded
     store = nx._stores["local:objects"]
     data = os.urandom(BIG)
     store.put(data)  # an orphan, as a crash would leave it

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from nexusfs.abc import Durability
+from nexusfs.api import FileSystem
 from nexusfs.errors import NotFound
 from nexusfs.syscalls.admin import AdminOps, GCReport, ZoneInfo
 from nexusfs.syscalls.files import FileOps
@@ -50,20 +51,40 @@ def connect(
     durability: Durability | str | None = None,
     flush_interval: float = 1.0,
     create: bool = True,
-) -> NexusFS:
-    """Open NexusFS. With no ``target``, embedded on ``data_dir`` (default:
-    ``$NEXUS_DATA_DIR`` or ``./nexus-data``), created if missing; durability from the
-    argument, ``$NEXUS_DURABILITY``, or ``deferred``. ``unix://`` and ``grpc://``
-    targets belong to the kernel-process and remote modes (not in this release:
-    ``ServiceUnavailable``). ``StoreLocked`` if another process has the directory open.
+    _embedded: bool = False,
+) -> FileSystem:
+    """Open NexusFS and return its API.
+
+    * ``connect()`` / ``connect(data_dir=D)``: the data directory ``D`` (default
+      ``$NEXUS_DATA_DIR`` or ``./nexus-data``). If a kernel process (``nexus up``) owns
+      it, the result talks to that process; otherwise the kernel runs embedded in this
+      process (never both: the kernel process holds the metastore's lock).
+    * ``connect("unix:///path/kernel.sock")``: a kernel process at that socket.
+
+    Embedded: the directory is created if missing (``NotFound`` if not and
+    ``create=False``); durability from the argument, ``$NEXUS_DURABILITY``, or
+    ``deferred``. ``StoreLocked`` if another process has the directory open.
+    ``ServiceUnavailable`` if a socket does not answer; ``grpc://`` is not available yet.
     """
     if target is not None:
         from nexusfs.errors import ServiceUnavailable
 
-        if target.startswith(("unix://", "grpc://")):
-            raise ServiceUnavailable(f"{target.split(':')[0]} mode is not available yet")
+        if target.startswith("unix://"):
+            from nexusfs.client import RemoteNexusFS
+
+            return RemoteNexusFS(target[len("unix://") :])
+        if target.startswith("grpc://"):
+            raise ServiceUnavailable("grpc:// remote mode is not available yet")
         data_dir = target[len("file://") :] if target.startswith("file://") else target
     ddir = Path(data_dir or os.environ.get("NEXUS_DATA_DIR") or "nexus-data")
+    if not _embedded and (ddir / "run" / "kernel.json").exists():
+        from nexusfs.server.daemon import kernel_state
+
+        state = kernel_state(ddir)
+        if state is not None:
+            from nexusfs.client import RemoteNexusFS
+
+            return RemoteNexusFS(state["socket"])
     dur = Durability(durability or os.environ.get("NEXUS_DURABILITY") or "deferred")
     if not ddir.exists():
         if not create:

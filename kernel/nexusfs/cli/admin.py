@@ -16,7 +16,7 @@ from nexusfs.cli.output import format_time, human_size, print_json, print_table
 from nexusfs.cli.runtime import open_fs, settings, with_fs
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS
+    from nexusfs.api import FileSystem as NexusFS
 
 __all__ = ["COMMANDS"]
 

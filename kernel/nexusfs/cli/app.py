@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from nexusfs import __version__
-from nexusfs.cli import admin, fileops, listing, transfer
+from nexusfs.cli import admin, daemon, fileops, listing, transfer
 from nexusfs.cli.runtime import (
     DEFAULT_DATA_DIR,
     EXIT_INTERRUPTED,
@@ -77,7 +77,13 @@ def cli(ctx: click.Context, data_dir: Path, durability: str | None) -> None:
     ctx.obj = Settings(data_dir, durability)
 
 
-for _command in (*admin.COMMANDS, *fileops.COMMANDS, *listing.COMMANDS, *transfer.COMMANDS):
+for _command in (
+    *admin.COMMANDS,
+    *daemon.COMMANDS,
+    *fileops.COMMANDS,
+    *listing.COMMANDS,
+    *transfer.COMMANDS,
+):
     cli.add_command(_command)
 
 

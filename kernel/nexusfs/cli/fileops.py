@@ -18,7 +18,7 @@ from nexusfs.cli.runtime import EXIT_ERROR, binary_stdout, report, with_fs
 from nexusfs.errors import AlreadyExists, InvalidPath, IsADirectory, NexusError, NotFound
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS
+    from nexusfs.api import FileSystem as NexusFS
 
 __all__ = ["COMMANDS"]
 

@@ -26,7 +26,7 @@ from nexusfs.cli.runtime import with_fs
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
 
-    from nexusfs.kernel import NexusFS
+    from nexusfs.api import FileSystem as NexusFS
     from nexusfs.metadata.inode import FileMetadata
 
 __all__ = ["COMMANDS", "Pager", "iter_entries"]

@@ -27,7 +27,7 @@ import click
 from nexusfs.errors import NexusError, NotFound
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS
+    from nexusfs.api import FileSystem as NexusFS
 
 __all__ = [
     "EXIT_ERROR",

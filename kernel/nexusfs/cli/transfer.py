@@ -25,7 +25,7 @@ from nexusfs.cli.runtime import binary_stdout, with_fs
 from nexusfs.errors import IsADirectory, NotFound
 
 if TYPE_CHECKING:
-    from nexusfs.kernel import NexusFS
+    from nexusfs.api import FileSystem as NexusFS
 
 __all__ = ["COMMANDS", "PROGRESS_MIN", "progress"]
 

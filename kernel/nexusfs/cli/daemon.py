@@ -1,0 +1,72 @@
+"""Commands that run the kernel as a process: ``up``, ``down``, ``status``.
+
+``nexus up`` starts a kernel daemon that owns the data directory and serves it on a
+Unix socket; every other command (and ``nexusfs.connect()``) then talks to it instead
+of opening the directory itself. ``nexus down`` stops it after flushing everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from nexusfs.cli.runtime import settings
+
+__all__ = ["COMMANDS"]
+
+
+@click.command("up")
+@click.option("--foreground", is_flag=True, help="Run in this process until Ctrl-C.")
+def up_cmd(foreground: bool) -> None:
+    """Start the kernel process for the data directory (no-op if it runs)."""
+    from nexusfs.server import daemon
+
+    cfg = settings()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if foreground:
+        daemon.serve_forever(cfg.data_dir, durability=cfg.durability)
+        return
+    state = daemon.start(cfg.data_dir, durability=cfg.durability)
+    click.echo(f"kernel {state['pid']} serving {state['data_dir']} on unix://{state['socket']}")
+
+
+@click.command("down")
+def down_cmd() -> None:
+    """Stop the kernel process (flushing everything first)."""
+    from nexusfs.server import daemon
+
+    if not daemon.stop(settings().data_dir):
+        click.echo("no kernel process is running", err=True)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(as_json: bool) -> None:
+    """Show whether a kernel process serves the data directory, and its state."""
+    from nexusfs.client import RemoteNexusFS
+    from nexusfs.server import daemon
+
+    state = daemon.kernel_state(settings().data_dir)
+    if state is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("no kernel process (commands open the data directory embedded)")
+        raise click.exceptions.Exit(3)
+    with RemoteNexusFS(state["socket"]) as fs:
+        info = {"running": True, **fs.status()}
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    uptime = time.time() - float(info["started_at"])
+    click.echo(
+        f"kernel {info['pid']} up {uptime:.0f}s, version {info['version']}, "
+        f"durability {info['durability']}\n"
+        f"  data dir  {info['data_dir']}\n  socket    unix://{info['socket']}\n"
+        f"  revision  {info['revision']}, mounts {info['mounts']}"
+    )
+
+
+COMMANDS = (up_cmd, down_cmd, status_cmd)

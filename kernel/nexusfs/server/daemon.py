@@ -1,0 +1,257 @@
+"""The kernel process: one daemon per data directory, serving syscalls on a Unix socket.
+
+Layout inside the data directory::
+
+    run/                 mode 0700
+    run/kernel.sock      the bus socket, mode 0600 (peer uid checked on accept)
+    run/kernel.json      {"pid", "socket", "data_dir", "started_at", "version"}
+    run/kernel.log       the daemon's stdout/stderr
+
+When the data directory's path is too long for a Unix socket address (108 bytes), the
+socket lives in a private 0700 directory under ``$XDG_RUNTIME_DIR`` (or ``/tmp``) and
+``kernel.json`` records where.
+
+Invariants: the daemon opens the metastore (taking redb's exclusive file lock) *before*
+it listens, and it writes ``kernel.json`` only once it answers calls, so a client that
+finds a live socket always reaches a kernel that owns the data; a client that finds no
+live kernel opens the directory embedded, and redb's lock makes the two exclusive.
+``kernel.json`` and the socket are removed on a clean stop; a stale pair left by a crash
+is ignored (nobody answers) and replaced by the next ``up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from nexusfs.errors import NexusError, ServiceUnavailable
+
+__all__ = [
+    "KernelState",
+    "kernel_state",
+    "run_dir",
+    "serve_forever",
+    "socket_path_for",
+    "start",
+    "stop",
+]
+
+log = logging.getLogger("nexusfs.server")
+
+KernelState = dict[str, Any]
+_MAX_SUN_PATH = 100
+
+
+def run_dir(data_dir: Path) -> Path:
+    return data_dir / "run"
+
+
+def socket_path_for(data_dir: Path) -> Path:
+    """Where the kernel of ``data_dir`` listens (short enough for ``AF_UNIX``)."""
+    path = run_dir(data_dir).resolve() / "kernel.sock"
+    if len(os.fsencode(path)) <= _MAX_SUN_PATH:
+        return path
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    digest = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:20]
+    return base / f"nexus-{os.getuid()}" / f"{digest}.sock"
+
+
+def _state_file(data_dir: Path) -> Path:
+    return run_dir(data_dir) / "kernel.json"
+
+
+def kernel_state(data_dir: Path, *, check: bool = True) -> KernelState | None:
+    """The running kernel of ``data_dir`` (``kernel.json``), or ``None`` if there is
+    none. With ``check``, a kernel that does not answer a ping counts as none."""
+    try:
+        state: KernelState = json.loads(_state_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    if check and not _answers(state.get("socket", "")):
+        return None
+    return state
+
+
+def _answers(sock: str, timeout: float = 2.0) -> bool:
+    from nexusfs.bus import BlockingClient
+
+    try:
+        with BlockingClient(sock, timeout=timeout) as client:
+            return bool(client.call("kernel.ping") == "pong")
+    except (NexusError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------------- daemon side
+
+
+def serve_forever(data_dir: Path, *, durability: str | None = None) -> None:
+    """Run the kernel in this process until SIGTERM/SIGINT or ``kernel.shutdown``.
+    Raises ``StoreLocked`` if another process owns the data directory."""
+    import nexusfs
+    from nexusfs.kernel import NexusFS
+
+    data_dir = data_dir.resolve()
+    rdir = run_dir(data_dir)
+    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(rdir, 0o700)
+    fs = nexusfs.connect(data_dir=data_dir, durability=durability, _embedded=True)
+    assert isinstance(fs, NexusFS)
+    try:
+        anyio.run(_serve, fs, data_dir)
+    finally:
+        fs.close()
+        with contextlib.suppress(OSError):
+            _state_file(data_dir).unlink()
+
+
+async def _serve(fs: Any, data_dir: Path) -> None:
+    from nexusfs.bus import Connection, serve_unix
+    from nexusfs.server.session import Session
+
+    sock = socket_path_for(data_dir)
+    sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stop = anyio.Event()
+    info = {
+        "pid": os.getpid(),
+        "socket": str(sock),
+        "data_dir": str(data_dir),
+        "started_at": time.time(),
+        "version": _version(),
+        "durability": str(fs.durability),
+    }
+
+    async with anyio.create_task_group() as tg:
+
+        async def factory(conn: Connection) -> dict[str, Any]:
+            session = Session(fs, stop.set, info)
+
+            async def cleanup() -> None:
+                await conn.wait_closed()
+                session.close()
+
+            tg.start_soon(cleanup)
+            return session.handlers()
+
+        await tg.start(serve_unix, sock, factory)
+        state = _state_file(data_dir)
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, state)
+        log.info("kernel %s serving %s on %s", os.getpid(), data_dir, sock)
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    stop.set()
+                    return
+
+        tg.start_soon(on_signals)
+        await stop.wait()
+        await anyio.sleep(0.05)  # let the shutdown call's answer go out
+        tg.cancel_scope.cancel()
+
+
+def _version() -> str:
+    from nexusfs import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------- control side
+
+
+def start(
+    data_dir: Path, *, durability: str | None = None, timeout: float = 15.0
+) -> KernelState:
+    """Start the kernel daemon for ``data_dir`` (detached) and wait until it answers.
+    Returns its state; if one is already running, returns that one. Raises
+    ``ServiceUnavailable`` with the tail of its log if it does not come up in time."""
+    data_dir = data_dir.resolve()
+    running = kernel_state(data_dir)
+    if running is not None:
+        return running
+    rdir = run_dir(data_dir)
+    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logfile = rdir / "kernel.log"
+    cmd = [sys.executable, "-m", "nexusfs.server", "--data-dir", str(data_dir)]
+    if durability:
+        cmd += ["--durability", durability]
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = kernel_state(data_dir, check=False)
+        if state is not None and state.get("pid") == proc.pid and _answers(state["socket"]):
+            return state
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.kill()
+    tail = logfile.read_text(errors="replace")[-2000:].strip()
+    raise ServiceUnavailable(f"the kernel did not start: {tail or 'no output'}")
+
+
+def stop(data_dir: Path, *, timeout: float = 15.0) -> bool:
+    """Stop the kernel of ``data_dir`` (flushing everything). Returns ``False`` if none
+    was running. Sends ``kernel.shutdown``, then SIGTERM, then SIGKILL as a last resort."""
+    from nexusfs.bus import BlockingClient
+
+    data_dir = data_dir.resolve()
+    state = kernel_state(data_dir, check=False)
+    if state is None:
+        return False
+    pid = int(state["pid"])
+    try:
+        with BlockingClient(state["socket"], timeout=5.0) as client:
+            client.call("kernel.shutdown")
+    except (NexusError, OSError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
