@@ -26,6 +26,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
     from nexusfs.metadata.inode import FileMetadata
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "MetastoreABC",
     "MountInfo",
     "ObjectStoreABC",
+    "RecordStoreABC",
     "Route",
     "VFSRouterProtocol",
 ]
@@ -304,6 +308,37 @@ class CacheStoreABC(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
+
+
+# ------------------------------------------------------------------------ record store
+
+
+class RecordStoreABC(ABC):
+    """Relational storage for services: a SQLAlchemy engine and ``session_factory``.
+
+    Services use the ORM through ``session_factory`` only (never raw driver access), so
+    SQLite and PostgreSQL are interchangeable by URL. Crash: a committed transaction
+    survives per the database's own durability (SQLite in WAL mode with
+    ``synchronous=FULL``; PostgreSQL defaults); an uncommitted one leaves nothing.
+    Concurrency: several worker processes may open the same store at once.
+    ``ServiceUnavailable`` if the database cannot be reached at start-up.
+    """
+
+    url: str
+
+    @property
+    @abstractmethod
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for ``metadata.create_all`` and migrations)."""
+
+    @property
+    @abstractmethod
+    def session_factory(self) -> sessionmaker[Session]:
+        """Makes ORM sessions bound to this store."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Dispose of the connection pool. Idempotent."""
 
 
 # --------------------------------------------------------------------- metadata & vfs
