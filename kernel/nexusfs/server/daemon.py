@@ -173,9 +173,7 @@ def _version() -> str:
 # ---------------------------------------------------------------------- control side
 
 
-def start(
-    data_dir: Path, *, durability: str | None = None, timeout: float = 15.0
-) -> KernelState:
+def start(data_dir: Path, *, durability: str | None = None, timeout: float = 15.0) -> KernelState:
     """Start the kernel daemon for ``data_dir`` (detached) and wait until it answers.
     Returns its state; if one is already running, returns that one. Raises
     ``ServiceUnavailable`` with the tail of its log if it does not come up in time."""

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from nexusfs.errors import IsADirectory, NexusError
+from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.server import wire
+from nexusfs.server.pipeline import Pipeline, outcome_of
 
 if TYPE_CHECKING:
     from nexusfs.kernel import NexusFS
@@ -32,6 +35,8 @@ log = logging.getLogger("nexusfs.server")
 
 #: Largest payload a single read or write call carries; larger transfers use handles.
 READ_CHUNK = 8 << 20
+#: Deadline of a call routed to a service when the client gave none.
+CALL_TIMEOUT = 30.0
 
 
 class BadHandle(NexusError, ValueError):
@@ -40,39 +45,99 @@ class BadHandle(NexusError, ValueError):
     code = "bad_handle"
 
 
+class ServiceRouter(Protocol):
+    """What a session needs to reach installed services (the service host)."""
+
+    async def call(
+        self, service: str, method: str, args: dict[str, Any], *, deadline: float | None
+    ) -> Any: ...
+
+
+class _Handlers(dict[str, Callable[..., Any]]):
+    """The session's handler table; names outside it that look like
+    ``service.method`` route to the service host."""
+
+    def __init__(self, table: dict[str, Callable[..., Any]], router: ServiceRouter | None):
+        super().__init__(table)
+        self._router = router
+
+    def get(self, name: str, default: Any = None) -> Any:
+        fn = dict.get(self, name)
+        if fn is not None or self._router is None:
+            return fn if fn is not None else default
+        service, dot, method = name.partition(".")
+        if not dot or not method or service in ("fs", "kernel"):
+            return default
+        router = self._router
+
+        async def route(**args: Any) -> Any:
+            return await router.call(service, method, args, deadline=time.time() + CALL_TIMEOUT)
+
+        return route
+
+
 class Session:
     """The handlers of one client connection (see the module docstring)."""
 
-    def __init__(self, fs: NexusFS, on_shutdown: Callable[[], None], info: dict[str, Any]):
+    def __init__(
+        self,
+        fs: NexusFS,
+        on_shutdown: Callable[[], None],
+        info: dict[str, Any],
+        *,
+        pipeline: Pipeline | None = None,
+        services: ServiceRouter | None = None,
+        subject: str | None = None,
+    ) -> None:
         self.fs = fs
+        self.pipeline = pipeline or Pipeline()
+        self.services = services
+        self.subject = subject
         self._on_shutdown = on_shutdown
         self._info = info
         self._handles: dict[int, IO[bytes]] = {}
+        self._events: dict[int, SyscallEvent | None] = {}
         self._ids = itertools.count(1)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         fs = self.fs
-        return {
+        run = self._run
+        table: dict[str, Callable[..., Any]] = {
             "kernel.ping": lambda: "pong",
             "kernel.status": self.status,
             "kernel.shutdown": self.shutdown,
+            "kernel.hello": self.hello,
             "fs.write": self.write,
             "fs.read": self.read,
-            "fs.stat": lambda path: wire.meta_to_wire(fs.stat(path)),
+            "fs.stat": lambda path: run("stat", path, lambda: wire.meta_to_wire(fs.stat(path))),
             "fs.exists": fs.exists,
-            "fs.readdir": lambda path, **kw: wire.listing_to_wire(fs.readdir(path, **kw)),
-            "fs.mkdir": lambda path, **kw: wire.meta_to_wire(fs.mkdir(path, **kw)),
-            "fs.rmdir": self._threaded(fs.rmdir),
-            "fs.unlink": fs.unlink,
-            "fs.rename": lambda src, dst: wire.meta_to_wire(fs.rename(src, dst)),
-            "fs.copy": self.copy,
-            "fs.mount": lambda path, uri: wire.mount_to_wire(fs.mount(path, uri)),
-            "fs.unmount": fs.unmount,
+            "fs.readdir": lambda path, **kw: run(
+                "readdir", path, lambda: wire.listing_to_wire(fs.readdir(path, **kw))
+            ),
+            "fs.mkdir": lambda path, **kw: run(
+                "mkdir", path, lambda: wire.meta_to_wire(fs.mkdir(path, **kw)), args=kw
+            ),
+            "fs.rmdir": lambda path, recursive=False: run(
+                "rmdir", path, lambda: fs.rmdir(path, recursive=recursive),
+                args={"recursive": recursive}, threaded=True,
+            ),
+            "fs.unlink": lambda path: run("unlink", path, lambda: fs.unlink(path)),
+            "fs.rename": lambda src, dst: run(
+                "rename", src, lambda: wire.meta_to_wire(fs.rename(src, dst)), dst=dst
+            ),
+            "fs.copy": lambda src, dst, overwrite=True: run(
+                "copy", src, lambda: wire.meta_to_wire(fs.copy(src, dst, overwrite=overwrite)),
+                dst=dst, threaded=True,
+            ),
+            "fs.mount": lambda path, uri: run(
+                "mount", path, lambda: wire.mount_to_wire(fs.mount(path, uri)), args={"uri": uri}
+            ),
+            "fs.unmount": lambda path: run("unmount", path, lambda: fs.unmount(path)),
             "fs.mounts": lambda: [wire.mount_to_wire(m) for m in fs.mounts()],
             "fs.zone_create": lambda name: wire.zone_to_wire(fs.zone_create(name)),
             "fs.zones": lambda: [wire.zone_to_wire(z) for z in fs.zones()],
             "fs.gc": self.gc,
-            "fs.flush": self._threaded(fs.flush),
+            "fs.flush": lambda: anyio.to_thread.run_sync(fs.flush),
             "fs.revision": fs.revision,
             "fs.open": self.open,
             "fs.fread": self.fread,
@@ -80,14 +145,16 @@ class Session:
             "fs.fseek": self.fseek,
             "fs.fclose": self.fclose,
             "fs.fdiscard": self.fdiscard,
-        }
+        }  # fmt: skip
+        return _Handlers(table, self.services)
 
-    @staticmethod
-    def _threaded(fn: Callable[..., Any]) -> Callable[..., Any]:
-        async def run(**kwargs: Any) -> Any:
-            return await anyio.to_thread.run_sync(lambda: fn(**kwargs))
+    def _run(self, op: str, path: str, fn: Callable[[], Any], **kw: Any) -> Awaitable[Any]:
+        return self.pipeline.run(op, path, fn, subject=self.subject, **kw)
 
-        return run
+    def hello(self, subject: str | None = None) -> dict[str, Any]:
+        """A client introduces itself (trusted local mode: the subject it acts as)."""
+        self.subject = subject
+        return {"version": self._info.get("version"), "protocol": 1}
 
     # -- kernel ------------------------------------------------------------------------
 
@@ -101,41 +168,59 @@ class Session:
     # -- whole-file calls --------------------------------------------------------------
 
     async def write(self, path: str, data: bytes, **opts: Any) -> list[Any]:
-        if len(data) > (1 << 20):
-            meta = await anyio.to_thread.run_sync(lambda: self.fs.write(path, data, **opts))
-        else:
-            meta = self.fs.write(path, data, **opts)
+        meta = await self._run(
+            "write", path, lambda: self.fs.write(path, data, **opts),
+            args={"size": len(data)}, threaded=len(data) > (1 << 20),
+        )  # fmt: skip
         return wire.meta_to_wire(meta)
 
     async def read(self, path: str, offset: int = 0, size: int | None = None) -> dict[str, Any]:
         """Small ranges come back whole; a range over ``READ_CHUNK`` comes back as its
         first chunk plus a handle pinned to that version, to read the rest from."""
-        meta = self.fs.stat(path)
-        if meta.is_dir:
-            raise IsADirectory("is a directory", path=meta.path)
-        avail = max(0, meta.size - offset)
-        want = avail if size is None else min(size, avail)
-        if want <= READ_CHUNK:
-            return {"data": self.fs.read(path, offset=offset, size=size)}
-        handle = self.open(path, "rb")
+        event = await self.pipeline.pre("read", path, subject=self.subject)
+        try:
+            meta = self.fs.stat(path)
+            if meta.is_dir:
+                raise IsADirectory("is a directory", path=meta.path)
+            avail = max(0, meta.size - offset)
+            want = avail if size is None else min(size, avail)
+            if want <= READ_CHUNK:
+                data = self.fs.read(path, offset=offset, size=size)
+                self.pipeline.finish(event, outcome_of(meta))
+                return {"data": data}
+        except NexusError as exc:
+            self.pipeline.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+            raise
+        self.pipeline.finish(event, outcome_of(meta))
+        handle = self._open_now(path, "rb", {})
         f = self._handles[handle]
         f.seek(offset)
         data = await anyio.to_thread.run_sync(f.read, READ_CHUNK)
         return {"data": data, "handle": handle, "total": want}
 
-    async def copy(self, src: str, dst: str, overwrite: bool = True) -> list[Any]:
-        meta = await anyio.to_thread.run_sync(lambda: self.fs.copy(src, dst, overwrite=overwrite))
-        return wire.meta_to_wire(meta)
-
     async def gc(self, grace: float = 300.0, dry_run: bool = False) -> dict[str, Any]:
-        report = await anyio.to_thread.run_sync(
-            lambda: self.fs.gc(grace=grace, dry_run=dry_run)
-        )
+        report = await anyio.to_thread.run_sync(lambda: self.fs.gc(grace=grace, dry_run=dry_run))
         return wire.gc_to_wire(report)
 
     # -- handles -----------------------------------------------------------------------
 
-    def open(self, path: str, mode: str = "rb", **opts: Any) -> int:
+    async def open(self, path: str, mode: str = "rb", **opts: Any) -> int:
+        """Open a handle. Readers run the ``read`` hooks now; writers run the ``write``
+        pre-hooks now and the post-hooks when ``fclose`` commits."""
+        op = "read" if mode.startswith("r") else "write"
+        event = await self.pipeline.pre(op, path, subject=self.subject)
+        try:
+            handle = self._open_now(path, mode, opts)
+        except NexusError as exc:
+            self.pipeline.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+            raise
+        if op == "read":
+            self.pipeline.finish(event, SyscallOutcome(True))
+        else:
+            self._events[handle] = event
+        return handle
+
+    def _open_now(self, path: str, mode: str, opts: dict[str, Any]) -> int:
         f = self.fs.open(path, mode, **opts)
         handle = next(self._ids)
         self._handles[handle] = f
@@ -163,8 +248,14 @@ class Session:
         f = self._handles.pop(handle, None)
         if f is None:
             raise BadHandle(f"no open file with handle {handle}")
-        await anyio.to_thread.run_sync(f.close)
+        event = self._events.pop(handle, None)
+        try:
+            await anyio.to_thread.run_sync(f.close)
+        except NexusError as exc:
+            self.pipeline.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+            raise
         result = getattr(f, "result", None)
+        self.pipeline.finish(event, outcome_of(result))
         return None if result is None else wire.meta_to_wire(result)
 
     def fdiscard(self, handle: int) -> None:
@@ -172,6 +263,7 @@ class Session:
         f = self._handles.pop(handle, None)
         if f is None:
             raise BadHandle(f"no open file with handle {handle}")
+        self._events.pop(handle, None)
         _discard(f)
 
     def close(self) -> None:

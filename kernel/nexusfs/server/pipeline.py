@@ -1,0 +1,142 @@
+"""The syscall pipeline of the kernel process: pre-hooks -> operation -> post-hooks.
+
+Path normalisation and routing happen inside the kernel call itself; this layer adds
+what installed services contribute. For each syscall:
+
+1. If no service hooks the operation, the call runs directly: the fast path costs two
+   set lookups.
+2. Otherwise a :class:`~nexusfs.hookspecs.SyscallEvent` is built (with a kernel-wide,
+   increasing ``seq``), pre-hooks run (a veto raises ``PermissionDenied``; a failing or
+   silent hook service raises ``ServiceUnavailable`` - the syscall never runs
+   unchecked), then the operation, then post-hooks are *queued* (the caller never waits
+   for them) with the outcome, success or typed error.
+
+Sequence numbers are microsecond timestamps made strictly increasing, so they stay
+unique across restarts of the kernel process (as long as the clock does not go back by
+more than the restart takes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from nexusfs import paths
+from nexusfs.errors import NexusError
+from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.metadata.inode import FileMetadata
+
+__all__ = ["HookHost", "Pipeline"]
+
+T = TypeVar("T")
+
+
+class HookHost(Protocol):
+    """What the pipeline needs from the service host."""
+
+    def has_pre_hooks(self, op: str) -> bool: ...
+    def has_post_hooks(self, op: str) -> bool: ...
+    async def pre_syscall(self, event: SyscallEvent) -> None: ...
+    def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None: ...
+
+
+class Pipeline:
+    """Runs syscalls for sessions; one per kernel process."""
+
+    def __init__(self, host: HookHost | None = None) -> None:
+        self.host = host
+        self._last_seq = 0
+
+    def next_seq(self) -> int:
+        seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        self._last_seq = seq
+        return seq
+
+    def hooked(self, op: str) -> bool:
+        host = self.host
+        return host is not None and (host.has_pre_hooks(op) or host.has_post_hooks(op))
+
+    async def run(
+        self,
+        op: str,
+        path: str,
+        fn: Callable[[], T],
+        *,
+        subject: str | None = None,
+        dst: str | None = None,
+        args: dict[str, Any] | None = None,
+        threaded: bool = False,
+    ) -> T:
+        """Run ``fn`` as syscall ``op`` on ``path`` through the hooks."""
+        host = self.host
+        if host is None or not (host.has_pre_hooks(op) or host.has_post_hooks(op)):
+            return await anyio.to_thread.run_sync(fn) if threaded else fn()
+        event = self.event(op, path, subject=subject, dst=dst, args=args)
+        if host.has_pre_hooks(op):
+            await host.pre_syscall(event)
+        try:
+            result = await anyio.to_thread.run_sync(fn) if threaded else fn()
+        except NexusError as exc:
+            self.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+            raise
+        except Exception as exc:
+            self.finish(event, SyscallOutcome(False, "internal", str(exc)))
+            raise
+        self.finish(event, outcome_of(result))
+        return result
+
+    async def pre(self, op: str, path: str, **kw: Any) -> SyscallEvent | None:
+        """Run the pre-hooks of a syscall that completes later (streaming handles);
+        returns the event to pass to :meth:`finish`, or ``None`` if nothing hooks it."""
+        host = self.host
+        if host is None or not self.hooked(op):
+            return None
+        event = self.event(op, path, **kw)
+        if host.has_pre_hooks(op):
+            await host.pre_syscall(event)
+        return event
+
+    def finish(self, event: SyscallEvent | None, outcome: SyscallOutcome) -> None:
+        """Queue the post-hooks of ``event`` (no-op for ``None``)."""
+        host = self.host
+        if event is not None and host is not None and host.has_post_hooks(event.op):
+            host.post_syscall(event, outcome)
+
+    def event(
+        self,
+        op: str,
+        path: str,
+        *,
+        subject: str | None = None,
+        dst: str | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> SyscallEvent:
+        try:
+            path = paths.normalize(path)
+            dst = None if dst is None else paths.normalize(dst)
+        except NexusError:
+            pass  # the syscall itself reports the invalid path
+        return SyscallEvent(op, path, subject, dst, args or {}, time.time(), self.next_seq())
+
+
+def outcome_of(result: Any) -> SyscallOutcome:
+    """A small summary of a successful syscall's result."""
+    if isinstance(result, FileMetadata):
+        return SyscallOutcome(
+            True,
+            revision=result.version or None,
+            result={"size": result.size, "version": result.version,
+                    "content_id": result.content_id, "type": result.entry_type.name.lower()},
+        )  # fmt: skip
+    return SyscallOutcome(True)
+
+
+async def call_maybe_async(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call a sync or async callable."""
+    result = fn(**kwargs)
+    if isinstance(result, Awaitable):
+        return await result
+    return result
