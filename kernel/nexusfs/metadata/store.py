@@ -107,6 +107,11 @@ class FileMetadataStore:
         raw = self.metastore.get(inode_key(path))
         return None if raw is None else decode(raw, self.vpath(path), self.zone)
 
+    def get_with_data(self, path: str) -> tuple[FileMetadata | None, bytes | None]:
+        """The inode at ``path`` and its inline content, from one snapshot."""
+        raw, data = self.metastore.get_many([inode_key(path), data_key(path)])
+        return (None if raw is None else decode(raw, self.vpath(path), self.zone)), data
+
     def get_many(self, paths: Sequence[str]) -> list[FileMetadata | None]:
         raws = self.metastore.get_many([inode_key(p) if p != "/" else b"I" for p in paths])
         out: list[FileMetadata | None] = []

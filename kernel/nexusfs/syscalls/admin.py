@@ -207,20 +207,21 @@ class AdminOps(KernelCore):
                     cleanup(max_age=grace)
                 for cid in list(store.list()):
                     scanned += 1
-                    if self._referenced(uri, cid) or self._pins[(uri, cid)]:
-                        kept_ref += 1
-                        continue
-                    try:
-                        info = store.info(cid)
-                    except NotFound:
-                        continue
-                    if now - info.created_at < grace:
-                        kept_young += 1
-                        continue
-                    reclaimed += 1
-                    nbytes += info.size
-                    if not dry_run:
-                        store.delete(cid)
+                    with self._pin_lock:
+                        if self._referenced(uri, cid) or self._pins[(uri, cid)]:
+                            kept_ref += 1
+                            continue
+                        try:
+                            info = store.info(cid)
+                        except NotFound:
+                            continue
+                        if now - info.created_at < grace:
+                            kept_young += 1
+                            continue
+                        reclaimed += 1
+                        nbytes += info.size
+                        if not dry_run:
+                            store.delete(cid)
         return GCReport(scanned, reclaimed, nbytes, kept_ref, kept_young)
 
     def call(self, method: str, /, **kwargs: Any) -> Any:

@@ -28,6 +28,7 @@ from nexusfs import paths
 from nexusfs.abc import Durability, MetastoreABC, MountInfo, ObjectStoreABC, Route
 from nexusfs.errors import (
     Conflict,
+    IsADirectory,
     MountError,
     NexusError,
     NotADirectory,
@@ -94,6 +95,9 @@ class KernelCore:
         self._router = MountRouter()
         self._stores: dict[str, ObjectStoreABC] = {}
         self._pins: Counter[tuple[str, str]] = Counter()
+        # Guards _pins; a reclaim holds it from its pin check to the blob's deletion, so
+        # a reader that pins and then re-validates its inode never loses its blob.
+        self._pin_lock = threading.Lock()
         self._reclaim: list[tuple[str, str]] = []
         root = FileMetadataStore(metastore, ROOT_ZONE, "/")
         self._root = _Zone(ROOT_ZONE, metastore, root, root.revision())
@@ -293,10 +297,46 @@ class KernelCore:
             return
         queue, self._reclaim = self._reclaim, []
         for store, cid in dict.fromkeys(queue):
-            if self._pins[(store, cid)]:
-                self._reclaim.append((store, cid))
-            elif not self._referenced(store, cid) and store in self._stores:
-                self._stores[store].delete(cid)
+            with self._pin_lock:
+                if self._pins[(store, cid)]:
+                    self._reclaim.append((store, cid))
+                elif not self._referenced(store, cid) and store in self._stores:
+                    self._stores[store].delete(cid)
+
+    def _stable_content(self, path: str) -> tuple[FileMetadata, bytes | None, _Pin | None]:
+        """The file at ``path`` with its content made stable for reading: inline bytes
+        taken from the same snapshot as the inode, or the blob pinned and the inode
+        re-checked after pinning (so no reclaim can remove it). Raises ``NotFound``,
+        ``NotADirectory``, ``IsADirectory``; ``Conflict`` if the file keeps changing
+        faster than it can be pinned (100 attempts)."""
+        p, route, zone, meta = self._lookup(path)
+        if meta is not None and paths.is_reserved(p):
+            if meta.is_dir:
+                raise IsADirectory("is a directory", path=p)
+            return meta, sysfs.read(self, p), None
+        zp = route.zone_path
+        for _ in range(100):
+            if meta is None:
+                raise self._missing(p, route, zone)
+            if meta.is_dir:
+                raise IsADirectory("is a directory", path=p)
+            if meta.inline:
+                meta, data = zone.meta.get_with_data(zp)
+                if meta is not None and meta.inline:
+                    return meta, data or b"", None
+                continue
+            assert meta.store is not None and meta.content_id is not None
+            pin = _Pin(self, (meta.store, meta.content_id))
+            again = zone.meta.get(zp)
+            if (
+                again is not None
+                and again.content_id == meta.content_id
+                and (again.store == meta.store)
+            ):
+                return again, None, pin
+            pin.release()
+            meta = again
+        raise Conflict("the file changes too fast to be read consistently", path=p)
 
     def _referenced(self, store: str, cid: str) -> bool:
         key = ref_key(store, cid)
@@ -346,14 +386,17 @@ class _Pin:
     __slots__ = ("_fs", "_key")
 
     def __init__(self, fs: KernelCore, key: tuple[str, str]) -> None:
-        self._fs = fs
+        self._fs: KernelCore | None = fs
         self._key = key
-        with fs._lock:
+        with fs._pin_lock:
             fs._pins[key] += 1
 
     def release(self) -> None:
-        fs = self._fs
-        with fs._lock:
+        """Let the blob be reclaimed again. Idempotent."""
+        fs, self._fs = self._fs, None
+        if fs is None:
+            return
+        with fs._pin_lock:
             fs._pins[self._key] -= 1
             if fs._pins[self._key] <= 0:
                 del fs._pins[self._key]

@@ -15,7 +15,6 @@ from typing import IO, Any
 
 import blake3
 
-from nexusfs import paths
 from nexusfs.abc import Route
 from nexusfs.errors import (
     AlreadyExists,
@@ -28,7 +27,6 @@ from nexusfs.metadata.store import (
     data_key,
     inode_key,
 )
-from nexusfs.vfs import sysfs
 
 __all__ = ["FileOps"]
 
@@ -107,10 +105,10 @@ class FileOps(KernelCore):
                 raise IsADirectory("is a directory", path=p)
             old = zone.meta.get(zpath)
             if old is not None:
-                if old.is_dir:
-                    raise IsADirectory("is a directory", path=p)
                 if exclusive:
                     raise AlreadyExists("file exists", path=p)
+                if old.is_dir:
+                    raise IsADirectory("is a directory", path=p)
             if if_version is not None:
                 actual = 0 if old is None else old.version
                 if actual != if_version:
@@ -157,23 +155,20 @@ class FileOps(KernelCore):
             return meta
 
     def read(self, path: str, *, offset: int = 0, size: int | None = None) -> bytes:
-        """Return ``size`` bytes (to the end if ``None``) from ``offset``. Raises
-        ``NotFound``, ``IsADirectory``, ``NotADirectory``, ``ValueError`` for a
-        negative offset or size."""
+        """Return ``size`` bytes (to the end if ``None``) from ``offset`` of one version
+        of the file, even while it is being overwritten. Raises ``NotFound``,
+        ``IsADirectory``, ``NotADirectory``, ``ValueError`` for a negative offset or
+        size."""
         if offset < 0 or (size is not None and size < 0):
             raise ValueError("offset and size must be non-negative")
-        p, route, zone, meta = self._lookup(path)
-        if meta is None:
-            raise self._missing(p, route, zone)
-        if meta.is_dir:
-            raise IsADirectory("is a directory", path=p)
-        if paths.is_reserved(p):
-            data = sysfs.read(self, p)
-        elif meta.inline:
-            data = zone.metastore.get(data_key(route.zone_path)) or b""
-        else:
+        meta, data, pin = self._stable_content(path)
+        if pin is not None:
             assert meta.store is not None and meta.content_id is not None
-            return self._stores[meta.store].read(meta.content_id, offset, size)
+            try:
+                return self._stores[meta.store].read(meta.content_id, offset, size)
+            finally:
+                pin.release()
+        assert data is not None
         end = None if size is None else offset + size
         return data[offset:end] if offset or end is not None else data
 
@@ -182,19 +177,20 @@ class FileOps(KernelCore):
     ) -> Iterator[bytes]:
         """Stream a file's bytes in chunks with bounded memory; the version read is the
         one current when the call was made (it stays readable while the stream lives)."""
-        meta = self.stat(path)
-        if meta.is_dir:
-            raise IsADirectory("is a directory", path=meta.path)
-        if meta.inline or meta.store is None or meta.content_id is None:
-            data = self.read(path, offset=offset, size=size)
-            for i in range(0, len(data), chunk_size):
-                yield data[i : i + chunk_size]
+        meta, data, pin = self._stable_content(path)
+        if pin is None:
+            assert data is not None
+            end = len(data) if size is None else min(len(data), offset + size)
+            for i in range(offset, end, chunk_size):
+                yield data[i : min(i + chunk_size, end)]
             return
-        key = (meta.store, meta.content_id)
-        with self.pin(key):
+        assert meta.store is not None and meta.content_id is not None
+        try:
             yield from self._stores[meta.store].iter_chunks(
                 meta.content_id, offset, size, chunk_size
             )
+        finally:
+            pin.release()
 
     def pin(self, key: tuple[str, str]) -> _Pin:
         """Keep blob ``key`` = (store, content id) from being reclaimed while held."""
@@ -241,37 +237,26 @@ class FileOps(KernelCore):
     def copy(self, src: str, dst: str, *, overwrite: bool = True) -> FileMetadata:
         """Copy a file (the new file shares the blob: no bytes are copied unless the
         destination routes to another object store). ``IsADirectory`` for a directory
-        source; an existing destination file is replaced unless ``overwrite=False``."""
-        s, sroute, szone, smeta = self._lookup(src)
-        if smeta is None:
-            raise self._missing(s, sroute, szone)
-        if smeta.is_dir:
-            raise IsADirectory("cannot copy a directory", path=s)
-        d, droute, dzone = self._resolve(dst)
-        self._writable(d)
-        if smeta.inline or paths.is_reserved(s):
-            return self.write(d, self.read(s), exclusive=not overwrite)
-        assert smeta.store is not None and smeta.content_id is not None
-        dstore = self._store_for(droute, d)
-        key = (smeta.store, smeta.content_id)
-        with self.pin(key):
+        source; an existing destination file is replaced unless ``overwrite=False``
+        (then ``AlreadyExists``). Copies one version even while the source changes."""
+        smeta, data, pin = self._stable_content(src)
+        try:
+            d, droute, dzone = self._resolve(dst)
+            self._writable(d)
+            if pin is None:
+                assert data is not None
+                return self.write(d, data, exclusive=not overwrite,
+                                  owner=smeta.owner, mime_type=smeta.mime_type)  # fmt: skip
+            assert smeta.store is not None and smeta.content_id is not None
+            dstore = self._store_for(droute, d)
+            cid = smeta.content_id
             if dstore != smeta.store:
-                info = self._stores[dstore].put(
-                    self._stores[smeta.store].iter_chunks(smeta.content_id)
-                )
-                cid = info.content_id
-            else:
-                cid = smeta.content_id
+                source = self._stores[smeta.store].iter_chunks(smeta.content_id)
+                cid = self._stores[dstore].put(source).content_id
             return self._commit_file(
-                d,
-                droute,
-                dzone,
-                cid,
-                smeta.size,
-                None,
-                dstore,
-                None,
-                not overwrite,
-                smeta.owner,
-                smeta.mime_type,
-            )
+                d, droute, dzone, cid, smeta.size, None, dstore, None, not overwrite,
+                smeta.owner, smeta.mime_type,
+            )  # fmt: skip
+        finally:
+            if pin is not None:
+                pin.release()

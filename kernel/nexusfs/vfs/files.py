@@ -44,24 +44,22 @@ def open_file(fs: NexusFS, path: str, mode: str = "rb", **kwargs: Any) -> IO[byt
 
 
 def _open_reader(fs: NexusFS, path: str) -> IO[bytes]:
-    meta = fs.stat(path)
-    if meta.is_dir:
-        raise IsADirectory("is a directory", path=meta.path)
-    if meta.inline or meta.store is None or meta.content_id is None:
-        bio = io.BytesIO(fs.read(meta.path))
+    meta, data, pin = fs._stable_content(path)
+    if pin is None:
+        bio = io.BytesIO(data or b"")
         bio.name = meta.path
         return bio
-    raw = _BlobReader(fs, meta)
+    raw = _BlobReader(fs, meta, pin)
     return io.BufferedReader(raw, buffer_size=_BUFFER)
 
 
 class _BlobReader(io.RawIOBase):
-    def __init__(self, fs: NexusFS, meta: FileMetadata) -> None:
+    def __init__(self, fs: NexusFS, meta: FileMetadata, pin: _Pin) -> None:
         super().__init__()
         assert meta.store is not None and meta.content_id is not None
         self.name = meta.path
         self.meta = meta
-        self._pin: _Pin | None = fs.pin((meta.store, meta.content_id))
+        self._pin: _Pin | None = pin
         self._store = fs._stores[meta.store]
         self._pos = 0
 

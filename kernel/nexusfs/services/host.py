@@ -1,0 +1,422 @@
+"""The service host (kernel side): one supervised worker process per service.
+
+``ServiceHost`` listens on ``run_dir/services.sock`` (bus, 0600, peer uid checked) for
+its workers, starts the configured services (``config["services"]``: names, ``None`` =
+every installed one), routes client calls and syscall hooks to them, and stops them
+gracefully when cancelled. It never imports plugin code (see
+:mod:`nexusfs.services.registry`).
+
+Handshake (worker -> host over the worker's connection): ``host.hello(protocol=1,
+token, name, version, description, pre_hooks, post_hooks, needs, idempotent, pid)``
+answers the service config (``record_store_url``, ``cache_url``, ``data_dir``,
+``state_dir`` + ``config["service_config"][name]``); after its ``nexus_service_start``
+the worker calls ``host.ready(methods)``; only then is it routable. Once hello is
+accepted the connection also serves ``kernel_handlers(name, conn)`` (the kernel's
+``fs.*`` handlers acting as the service), so ``ctx.kernel`` works over the same socket.
+
+Failure semantics (also in each method's docstring):
+
+* :meth:`call` - unknown service: :class:`UnknownService`; service (re)starting: waits
+  for it until the deadline, then ``ServiceUnavailable``; stopped/failed: at once
+  ``ServiceUnavailable``; the worker's connection drops mid-call: retried on the next
+  worker if the method is declared idempotent and the deadline allows, else
+  ``ServiceUnavailable``. Typed errors raised by the method arrive with their class.
+* :meth:`pre_syscall` - fails closed: a veto raises ``PermissionDenied``; an error,
+  a timeout or a hooking service that is not ready in time raises ``ServiceUnavailable``.
+  A syscall is never silently allowed because a hook could not run.
+* :meth:`post_syscall` - never blocks or raises; at-least-once, ordered delivery via
+  each interested service's :class:`~nexusfs.services.outbox.Outbox`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from nexusfs.bus import Connection, UnknownMethod, serve_unix
+from nexusfs.errors import NexusError, PermissionDenied, ServiceUnavailable
+from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.services._worker_handle import Policy, WorkerHandle
+from nexusfs.services.registry import ServiceEntry, installed_services
+from nexusfs.services.supervisor import STATES, Supervisor
+
+__all__ = ["PROTOCOL", "STATES", "ServiceHost", "UnknownService"]
+
+log = logging.getLogger("nexusfs.services")
+
+PROTOCOL = 1
+_MAX_SUN_PATH = 100
+KernelHandlers = Callable[[str, Connection], Mapping[str, Callable[..., Any]]]
+
+
+class UnknownService(NexusError, LookupError):
+    """No installed service has this name."""
+
+    code = "unknown_service"
+
+
+class ServiceHost:
+    """See the module docstring. Construct, then ``await tg.start(host.run)``."""
+
+    def __init__(self, data_dir: Path, run_dir: Path, kernel_handlers: KernelHandlers,
+                 config: dict[str, Any] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir)
+        self.kernel_handlers = kernel_handlers
+        self.config = dict(config or {})
+        self.policy = Policy.from_config(self.config.get("supervisor"))
+        self.default_timeout = float(self.config.get("call_timeout", 30.0))
+        self.hook_timeout = float(self.config.get("pre_hook_timeout", 5.0))
+        self.socket_path = _socket_path(self.run_dir / "services.sock")
+        self._tokens: dict[str, WorkerHandle] = {}
+        self._sups: dict[str, Supervisor] = {}
+        self._entries: dict[str, ServiceEntry] = {}
+        self._pre: dict[str, tuple[Supervisor, ...]] = {}
+        self._post: dict[str, tuple[Supervisor, ...]] = {}
+        self._pre_all: tuple[Supervisor, ...] = ()
+        self._post_all: tuple[Supervisor, ...] = ()
+        self._event_seq = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._core_scope: anyio.CancelScope | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Listen, start the configured services, serve until cancelled; then stop
+        every worker gracefully (shielded) before returning."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._core)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(self.policy.drain_timeout
+                                             + self.policy.stop_timeout + 2):
+                        async with anyio.create_task_group() as stop_tg:
+                            for sup in list(self._sups.values()):
+                                stop_tg.start_soon(sup.stop)
+                    if self._core_scope is not None:
+                        self._core_scope.cancel()
+
+    async def _core(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # Shielded: when run() is cancelled, the listener and the supervisors must keep
+        # working until every worker has been stopped gracefully.
+        with anyio.CancelScope(shield=True) as scope:
+            self._core_scope = scope
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._entries = installed_services()
+            wanted = self.config.get("services")
+            names = list(self._entries) if wanted is None else list(wanted)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(serve_unix, self.socket_path, self._factory)
+                for name in names:
+                    if name not in self._entries:
+                        log.error("service %s is configured but not installed", name)
+                        continue
+                    await self._supervisor(name)
+                    self._sups[name].start()
+                task_status.started()
+                await anyio.sleep_forever()
+
+    async def _supervisor(self, name: str) -> Supervisor:
+        sup = self._sups.get(name)
+        if sup is not None:
+            return sup
+        entry = self._entries.get(name)
+        if entry is None:
+            self._entries = installed_services()
+            entry = self._entries.get(name)
+            if entry is None:
+                raise UnknownService(f"no installed service named {name!r}")
+        sup = Supervisor(
+            entry, socket_path=self.socket_path, run_dir=self.run_dir,
+            data_dir=self.data_dir, policy=self.policy, tokens=self._tokens,
+            on_change=self._reindex, env=self.config.get("env"),
+            outbox_capacity=int(self.config.get("outbox_capacity", 100_000)),
+        )
+        self._sups[name] = sup
+        assert self._tg is not None, "ServiceHost.run() is not running"
+        await self._tg.start(sup.run)
+        return sup
+
+    def _get(self, name: str) -> Supervisor:
+        sup = self._sups.get(name)
+        if sup is None:
+            raise UnknownService(f"no such service: {name!r}")
+        return sup
+
+    async def start_service(self, name: str, *, timeout: float | None = None) -> None:
+        """Start ``name`` (also clears ``failed``) and wait until it is ready (up to
+        ``timeout``; default: handshake + start timeouts). ``UnknownService`` if it is
+        not installed; ``ServiceUnavailable`` if it does not come up in time."""
+        sup = await self._supervisor(name)
+        sup.start()
+        t = timeout if timeout is not None else (self.policy.handshake_timeout
+                                                 + self.policy.start_timeout)
+        await sup.wait_ready(time.time() + t)
+
+    async def stop_service(self, name: str) -> None:
+        """Stop ``name`` gracefully (drain, ``service.stop``, kill on timeout); its hooks
+        stop applying and its pending post-hook events are discarded."""
+        await self._get(name).stop()
+
+    async def restart_service(self, name: str) -> None:
+        """Hot restart (new worker with the code now on disk; zero failed calls). A
+        stopped/failed service is started. ``ServiceUnavailable`` if the new worker
+        cannot come up (the old one, if any, keeps serving)."""
+        sup = self._sups.get(name) or await self._supervisor(name)
+        await sup.restart()
+
+    # -- status ------------------------------------------------------------------------
+
+    def services(self) -> list[dict[str, Any]]:
+        """One dict per known service (see ``STATES`` for ``state``)."""
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(self._entries) | set(self._sups)):
+            sup = self._sups.get(name)
+            entry = self._entries.get(name)
+            if sup is None:
+                out.append({"name": name, "version": entry.dist_version if entry else None,
+                            "state": "stopped", "pid": None, "restarts": 0,
+                            "last_exit": None, "last_error": None, "methods": [],
+                            "pre_hooks": [], "post_hooks": [], "post_queue": 0,
+                            "post_dropped": 0})
+                continue
+            w = sup.current
+            hello = w.hello if w is not None else {}
+            out.append({
+                "name": name,
+                "version": hello.get("version") or (entry.dist_version if entry else None),
+                "state": sup.state,
+                "pid": w.pid if w is not None else None,
+                "restarts": sup.restarts,
+                "last_exit": sup.last_exit,
+                "last_error": sup.last_error,
+                "methods": sorted(w.methods) if w is not None else [],
+                "pre_hooks": list(hello.get("pre_hooks", [])),
+                "post_hooks": list(hello.get("post_hooks", [])),
+                "post_queue": len(sup.outbox),
+                "post_dropped": sup.outbox.dropped,
+            })
+        return out
+
+    def logs(self, name: str, lines: int = 100) -> str:
+        """The last ``lines`` lines of the service's worker output (stdout + stderr,
+        JSON lines and tracebacks), kept in ``run_dir/services/NAME.log``."""
+        if name not in self._sups and name not in self._entries:
+            raise UnknownService(f"no such service: {name!r}")
+        sup = self._sups.get(name)
+        if sup is not None:
+            return sup.logs(lines)
+        path = self.run_dir / "services" / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) \
+            if path.exists() else ""
+
+    # -- routing -----------------------------------------------------------------------
+
+    async def call(self, service: str, method: str, args: Mapping[str, Any] | None = None,
+                   *, deadline: float | None = None) -> Any:
+        """Call ``service.method(**args)`` (see the module docstring for failures);
+        ``deadline`` is absolute ``time.time()`` (default: now + ``call_timeout``)."""
+        sup = self._sups.get(service)
+        if sup is None:
+            raise UnknownService(f"no such service: {service!r}")
+        if method.startswith(("service.", "hook.")):
+            raise UnknownMethod(f"{service}: {method} is internal")
+        if deadline is None:
+            deadline = time.time() + self.default_timeout
+        while True:
+            w = sup.current
+            if w is None:
+                w = await sup.wait_ready(deadline)
+            conn = w.conn
+            assert conn is not None
+            w.inflight += 1
+            try:
+                return await conn.request(method, args, deadline=deadline)
+            except ServiceUnavailable:
+                if not conn.closed:
+                    raise  # deadline, or the service's own ServiceUnavailable
+                sup.lost(w, "bus connection lost")
+                if method not in w.idempotent or time.time() >= deadline:
+                    raise ServiceUnavailable(
+                        f"service {service}: worker lost during {method}"
+                        + ("" if method in w.idempotent else " (not idempotent, not retried)")
+                    ) from None
+            finally:
+                w.done_call()
+
+    def has_pre_hooks(self, op: str) -> bool:
+        """Whether any service pre-hooks ``op`` (O(1))."""
+        return bool(self._pre_all) or op in self._pre
+
+    def has_post_hooks(self, op: str) -> bool:
+        """Whether any service post-hooks ``op`` (O(1))."""
+        return bool(self._post_all) or op in self._post
+
+    async def pre_syscall(self, event: SyscallEvent, *, deadline: float | None = None) -> None:
+        """Run the pre-hooks of ``event.op`` on every hooking service, concurrently.
+        ``PermissionDenied(f"{service}: {reason}")`` on a veto; ``ServiceUnavailable``
+        when a hook fails, times out, or its service is not ready before ``deadline``
+        (default now + ``pre_hook_timeout``)."""
+        sups = self._pre.get(event.op, ()) + self._pre_all
+        if not sups:
+            return
+        if deadline is None:
+            deadline = time.time() + self.hook_timeout
+        ev = _event_dict(event)
+        if len(sups) == 1:
+            await self._pre_one(sups[0], ev, deadline)
+            return
+        errors: list[NexusError] = []
+
+        async def one(sup: Supervisor) -> None:
+            try:
+                await self._pre_one(sup, ev, deadline)
+            except NexusError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for sup in sups:
+                tg.start_soon(one, sup)
+        for exc in errors:  # a veto wins over an outage
+            if isinstance(exc, PermissionDenied):
+                raise exc
+        if errors:
+            raise errors[0]
+
+    async def _pre_one(self, sup: Supervisor, ev: dict[str, Any], deadline: float) -> None:
+        while True:
+            w = sup.current or await sup.wait_ready(deadline)
+            conn = w.conn
+            assert conn is not None
+            w.inflight += 1
+            try:
+                res = await conn.request("hook.pre", {"event": ev}, deadline=deadline)
+                break
+            except ServiceUnavailable as exc:
+                if conn.closed and time.time() < deadline:
+                    sup.lost(w, "bus connection lost")
+                    continue  # hooks are side-effect free checks: ask the successor
+                raise ServiceUnavailable(f"{sup.name}: pre-hook failed: {exc}") from None
+            except NexusError as exc:
+                raise ServiceUnavailable(f"{sup.name}: pre-hook failed: {exc}") from None
+            finally:
+                w.done_call()
+        if isinstance(res, dict) and res.get("veto") is not None:
+            raise PermissionDenied(f"{sup.name}: {res['veto']}", path=ev.get("path"))
+
+    def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
+        """Queue ``(event, outcome)`` for every service post-hooking ``event.op``.
+        Never blocks, never raises. ``event.seq == 0`` gets a host sequence number."""
+        sups = self._post.get(event.op, ()) + self._post_all
+        if not sups:
+            return
+        ev = _event_dict(event)
+        if not ev["seq"]:
+            self._event_seq += 1
+            ev["seq"] = self._event_seq
+        else:
+            self._event_seq = max(self._event_seq, ev["seq"])
+        out = dataclasses.asdict(outcome)
+        for sup in sups:
+            sup.outbox.append(ev, out)
+
+    # -- bus side ----------------------------------------------------------------------
+
+    def _factory(self, conn: Connection) -> dict[str, Callable[..., Any]]:
+        async def hello(protocol: int, token: str, name: str, version: str,
+                        pid: int | None = None, **info: Any) -> dict[str, Any]:
+            w = self._tokens.get(token)
+            if w is None or w.hello_event.is_set():
+                raise PermissionDenied("unknown or already used service token")
+            if protocol != PROTOCOL:
+                raise PermissionDenied(f"unsupported service protocol {protocol}")
+            sup = self._sups.get(name)
+            if sup is None or w.log_path != sup.log_path:
+                raise PermissionDenied(f"token does not belong to service {name!r}")
+            w.conn = conn
+            w.hello = {"version": version, "pid": pid, **info}
+            w.idempotent = frozenset(info.get("idempotent") or ())
+            handlers = dict(self.kernel_handlers(name, conn))
+            handlers["host.ready"] = ready
+            conn.handlers = handlers
+            w.hello_event.set()
+            return self._service_config(sup)
+
+        async def ready(methods: list[str]) -> bool:
+            for w in list(self._tokens.values()):
+                if w.conn is conn:
+                    w.methods = frozenset(methods)
+                    w.ready.set()
+                    return True
+            raise PermissionDenied("no handshake in progress on this connection")
+
+        return {"host.hello": hello}
+
+    def _service_config(self, sup: Supervisor) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "data_dir": str(self.data_dir),
+            "state_dir": str(sup.state_dir),
+            "record_store_url": self.config.get("record_store_url")
+            or _default_record_store_url(self.data_dir),
+            "cache_url": self.config.get("cache_url"),
+        }
+        cfg.update((self.config.get("service_config") or {}).get(sup.name, {}))
+        return cfg
+
+    def _reindex(self, _changed: Supervisor) -> None:
+        pre: dict[str, list[Supervisor]] = {}
+        post: dict[str, list[Supervisor]] = {}
+        for sup in self._sups.values():
+            if not sup.wanted:
+                continue
+            w = sup.current
+            if w is not None:
+                sup.hooks = (tuple(w.hello.get("pre_hooks") or ()),
+                             tuple(w.hello.get("post_hooks") or ()))
+            hooks = sup.hooks
+            for op in hooks[0]:
+                pre.setdefault(op, []).append(sup)
+            for op in hooks[1]:
+                post.setdefault(op, []).append(sup)
+        self._pre_all = tuple(pre.pop("*", ()))
+        self._post_all = tuple(post.pop("*", ()))
+        self._pre = {k: tuple(v) for k, v in pre.items()}
+        self._post = {k: tuple(v) for k, v in post.items()}
+
+
+def _event_dict(e: SyscallEvent) -> dict[str, Any]:
+    return {"op": e.op, "path": e.path, "subject": e.subject, "dst": e.dst,
+            "args": e.args, "time": e.time or time.time(), "seq": e.seq}
+
+
+def _default_record_store_url(data_dir: Path) -> str:
+    try:  # the RecordStore driver's default, when that driver is installed
+        from nexusfs.drivers.recordstore import default_record_store_url
+
+        return default_record_store_url(data_dir)
+    except ImportError:
+        return f"sqlite:///{data_dir / 'records.db'}"
+
+
+def _socket_path(path: Path) -> Path:
+    if len(os.fsencode(path.resolve())) <= _MAX_SUN_PATH:
+        return path
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:20]
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return base / f"nexus-{os.getuid()}" / f"svc-{digest}.sock"

@@ -1,0 +1,282 @@
+"""The worker process of one service: imports the plugin and serves it on the bus.
+
+    python -m nexusfs.services.worker --name NAME --socket PATH --state-dir DIR
+        [--token TOKEN | env NEXUSFS_SERVICE_TOKEN | --standby]
+
+With ``--standby`` the process imports everything it needs *except the plugin*, then
+blocks on stdin until the supervisor writes the handshake token (one line); EOF makes it
+exit 0. The supervisor keeps one such warm spare per service so that a crashed worker is
+replaced without paying interpreter start-up (~250 ms here). The plugin is imported only
+after the token arrives, so the spare always runs the code currently on disk.
+
+Sequence: load entry point ``NAME`` -> pluggy ``PluginManager("nexusfs")`` with
+:class:`~nexusfs.hookspecs.ServiceSpec` -> ``nexus_service_info()`` -> connect ->
+``host.hello`` (answers config) -> build ctx -> ``nexus_service_start(ctx)`` ->
+``nexus_service_methods(ctx)`` -> ``host.ready(methods)`` -> serve until ``service.stop``
+or until the kernel connection is lost -> ``nexus_service_stop(ctx)``.
+
+Handlers served to the kernel: every RPC method under its bare name, ``service.ping``,
+``service.stop``, ``hook.pre`` (event dict -> ``{"veto": reason}`` or ``None``) and
+``hook.post`` (``batch=[[oseq, event, outcome], ...]`` -> highest ``oseq`` processed).
+
+Exit codes (the supervisor's contract): 0 = stopped cleanly (or the kernel went away);
+1 = runtime failure (``nexus_service_start`` raised, ...) -> restart with backoff;
+3 = the plugin cannot be loaded (import error, no such entry point, no
+``nexus_service_info``, handshake refused) -> ``failed``, no automatic retry. The
+traceback is printed to stderr in every failure case.
+
+Threading: sync RPC methods and all pluggy hooks run in worker threads (so they may
+block on the RecordStore or on ``ctx.kernel``); ``async def`` methods run on the loop.
+An exception in ``nexus_post_syscall`` is logged and the event counts as delivered (per
+the hookspec); one in ``nexus_pre_syscall`` is returned to the kernel as an error, which
+fails the syscall with ``ServiceUnavailable``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pluggy
+
+from nexusfs.bus import Connection, connect_unix
+from nexusfs.errors import NexusError
+from nexusfs.hookspecs import (
+    PROJECT,
+    ServiceContext,
+    ServiceInfo,
+    ServiceSpec,
+    SyscallEvent,
+    SyscallOutcome,
+    Veto,
+)
+from nexusfs.services._context import JsonLogFormatter, KernelClient, open_record_store
+from nexusfs.services.registry import find_entry_point
+
+__all__ = ["EXIT_FAILURE", "EXIT_LOAD_FAILED", "EXIT_OK", "PROTOCOL", "main"]
+
+PROTOCOL = 1
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_LOAD_FAILED = 3
+TOKEN_ENV = "NEXUSFS_SERVICE_TOKEN"
+
+log = logging.getLogger("nexusfs.worker")
+
+
+class LoadFailed(Exception):
+    """The plugin cannot be loaded; the worker exits with code 3."""
+
+
+def load_plugin(name: str) -> tuple[pluggy.PluginManager, ServiceInfo]:
+    """Import the entry point ``name`` and register it; :class:`LoadFailed` if that is
+    impossible (the cause is chained)."""
+    ep = find_entry_point(name)
+    if ep is None:
+        raise LoadFailed(f"no entry point {name!r} in group 'nexusfs.services'")
+    try:
+        plugin = ep.load()
+    except BaseException as exc:
+        raise LoadFailed(f"importing {ep.value!r} failed") from exc
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ServiceSpec)
+    try:
+        pm.register(plugin, name=name)
+        info = pm.hook.nexus_service_info()
+    except BaseException as exc:
+        raise LoadFailed(f"registering {ep.value!r} failed") from exc
+    if not isinstance(info, ServiceInfo):
+        raise LoadFailed(f"{ep.value!r}: nexus_service_info() returned {info!r}")
+    return pm, info
+
+
+class Worker:
+    """One running service inside this process (see the module docstring)."""
+
+    def __init__(self, name: str, pm: pluggy.PluginManager, info: ServiceInfo,
+                 state_dir: Path) -> None:
+        self.name = name
+        self.pm = pm
+        self.info = info
+        self.state_dir = state_dir
+        self.stop_requested = anyio.Event()
+        self.ctx: ServiceContext | None = None
+        self.handlers: dict[str, Callable[..., Any]] = {}
+        self.limiter = anyio.CapacityLimiter(32)
+
+    async def run(self, socket_path: str, token: str) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        base = {"service.ping": self._ping, "service.stop": self._stop}
+        async with connect_unix(socket_path, base) as conn:
+            info = self.info
+            try:
+                config = await conn.call(
+                    "host.hello", protocol=PROTOCOL, token=token, name=self.name,
+                    version=info.version, description=info.description,
+                    pre_hooks=list(info.pre_hooks), post_hooks=list(info.post_hooks),
+                    needs=list(info.needs), idempotent=list(info.idempotent),
+                    pid=os.getpid(), timeout=30.0,
+                )
+            except NexusError as exc:
+                print(f"handshake refused by the kernel: {exc}", file=sys.stderr, flush=True)
+                return EXIT_LOAD_FAILED
+            ctx = self._context(conn, config if isinstance(config, dict) else {})
+            self.ctx = ctx
+            try:
+                await self._in_thread(functools.partial(self.pm.hook.nexus_service_start,
+                                                        ctx=ctx))
+                methods = self._methods(ctx)
+            except Exception:
+                log.exception("nexus_service_start failed")
+                return EXIT_FAILURE
+            conn.handlers = {**methods, **base, "hook.pre": self._pre, "hook.post": self._post}
+            await conn.call("host.ready", methods=sorted(methods), timeout=30.0)
+            log.info("service %s %s ready (pid %d)", self.name, info.version, os.getpid())
+            async with anyio.create_task_group() as tg:
+
+                async def closed() -> None:
+                    await conn.wait_closed()
+                    self.stop_requested.set()
+
+                tg.start_soon(closed)
+                await self.stop_requested.wait()
+                tg.cancel_scope.cancel()
+            lost = conn.closed
+            with anyio.move_on_after(10.0, shield=True):
+                try:
+                    await self._in_thread(functools.partial(self.pm.hook.nexus_service_stop,
+                                                            ctx=ctx))
+                except Exception:
+                    log.exception("nexus_service_stop failed")
+            if ctx.record_store is not None and hasattr(ctx.record_store, "close"):
+                ctx.record_store.close()
+            log.info("service %s stopped%s", self.name, " (kernel gone)" if lost else "")
+        return EXIT_OK
+
+    def _context(self, conn: Connection, config: dict[str, Any]) -> ServiceContext:
+        record_store = None
+        url = config.get("record_store_url")
+        if "record_store" in self.info.needs and url:
+            record_store = open_record_store(str(url))
+
+        def emit(event: str, data: dict[str, Any]) -> None:
+            log.info("emit %s %s", event, data)
+
+        return ServiceContext(
+            name=self.name, state_dir=self.state_dir,
+            log=logging.getLogger(f"nexusfs.service.{self.name}"),
+            kernel=KernelClient(conn), record_store=record_store, cache_store=None,
+            config=config, emit=emit,
+        )
+
+    def _methods(self, ctx: ServiceContext) -> dict[str, Callable[..., Any]]:
+        out: dict[str, Callable[..., Any]] = {}
+        for table in self.pm.hook.nexus_service_methods(ctx=ctx):
+            for mname, fn in (table or {}).items():
+                if mname.startswith(("service.", "hook.", "_")) or "." in mname:
+                    log.warning("ignoring reserved or dotted method name %r", mname)
+                    continue
+                out[mname] = fn if inspect.iscoroutinefunction(fn) else self._threaded(fn)
+        return out
+
+    def _threaded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(**kwargs: Any) -> Any:
+            return await self._in_thread(functools.partial(fn, **kwargs))
+
+        return run
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+
+    @staticmethod
+    def _ping() -> str:
+        return "pong"
+
+    def _stop(self) -> str:
+        self.stop_requested.set()
+        return "stopping"
+
+    async def _pre(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        ev = SyscallEvent(**event)
+        res = await self._in_thread(
+            functools.partial(self.pm.hook.nexus_pre_syscall, ctx=self.ctx, event=ev))
+        if isinstance(res, Veto):
+            return {"veto": res.reason}
+        return None
+
+    async def _post(self, batch: list[list[Any]]) -> int:
+        return int(await self._in_thread(functools.partial(self._post_sync, batch)))
+
+    def _post_sync(self, batch: list[list[Any]]) -> int:
+        last = 0
+        hook = self.pm.hook.nexus_post_syscall
+        for oseq, event, outcome in batch:
+            try:
+                hook(ctx=self.ctx, event=SyscallEvent(**event),
+                     outcome=SyscallOutcome(**outcome))
+            except Exception:
+                log.exception("nexus_post_syscall failed for event seq %s", event.get("seq"))
+            last = max(last, int(oseq))
+        return last
+
+
+def _setup_logging(name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter(name))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("NEXUSFS_SERVICE_LOG_LEVEL", "INFO"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nexusfs.services.worker")
+    p.add_argument("--name", required=True)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--token", default=None)
+    p.add_argument("--standby", action="store_true")
+    a = p.parse_args(argv)
+    _setup_logging(a.name)
+    token = a.token or os.environ.pop(TOKEN_ENV, None)
+    if a.standby:
+        line = sys.stdin.readline()
+        if not line.strip():
+            return EXIT_OK  # the supervisor discarded this spare
+        token = line.strip()
+    if not token:
+        print("no handshake token (--token, $NEXUSFS_SERVICE_TOKEN or --standby)",
+              file=sys.stderr, flush=True)
+        return EXIT_LOAD_FAILED
+    try:
+        pm, info = load_plugin(a.name)
+    except LoadFailed as exc:
+        print(f"cannot load service {a.name!r}: {exc}", file=sys.stderr)
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        sys.stderr.flush()
+        return EXIT_LOAD_FAILED
+    worker = Worker(a.name, pm, info, Path(a.state_dir))
+    try:
+        return anyio.run(worker.run, a.socket, token)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

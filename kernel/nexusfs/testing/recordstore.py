@@ -1,0 +1,279 @@
+"""The record store conformance suite: every :class:`~nexusfs.abc.RecordStoreABC` driver
+must pass it.
+
+Usage: subclass :class:`RecordStoreContract` in a test module and provide a
+``record_store`` fixture that yields an open store (and closes it afterwards)::
+
+    import pytest
+    from nexusfs.testing.recordstore import RecordStoreContract
+
+    class TestMyRecordStore(RecordStoreContract):
+        @pytest.fixture
+        def record_store(self, tmp_path):
+            with MyRecordStore(f"sqlite:///{tmp_path}/records.db") as store:
+                yield store
+
+The suite opens further stores on the same database with ``open_same`` (default:
+``type(store)(store.url)``; override the fixture if your constructor differs) and, when
+``multiprocess`` is true (the default unless the URL is an in-memory database), from
+child processes started with the ``spawn`` method. It creates the table
+``nexus_contract_items`` / ``nexus_contract_counters`` and drops them afterwards, so a
+shared PostgreSQL database is left clean.
+
+Covered: ORM create/read through ``session_factory``, rollback on exception, visibility
+of commits between two stores on one URL, concurrent inserts from threads and processes
+without lost rows, serialised read-modify-write with ``with_for_update`` (no lost
+updates), objects readable after commit, and idempotent ``close()``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import String, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from nexusfs.abc import RecordStoreABC
+
+__all__ = ["ContractBase", "ContractCounter", "ContractItem", "OpenSame", "RecordStoreContract"]
+
+OpenSame = Callable[[], RecordStoreABC]
+
+
+class ContractBase(DeclarativeBase):
+    """Declarative base of the suite's own tables."""
+
+
+class ContractItem(ContractBase):
+    """A row written by the suite."""
+
+    __tablename__ = "nexus_contract_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    writer: Mapped[str] = mapped_column(String(100), default="main")
+
+
+class ContractCounter(ContractBase):
+    """A single-row counter for the lost-update test."""
+
+    __tablename__ = "nexus_contract_counters"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(default=0)
+
+
+def _insert_items(store: RecordStoreABC, writer: str, count: int) -> None:
+    """Insert ``count`` rows, one transaction each."""
+    for i in range(count):
+        with store.session_factory.begin() as session:
+            session.add(ContractItem(name=f"{writer}-{i}", writer=writer))
+
+
+def _increment(store: RecordStoreABC, count: int) -> None:
+    """Read-modify-write the counter ``count`` times, one transaction each."""
+    for _ in range(count):
+        with store.session_factory.begin() as session:
+            row = session.get(ContractCounter, "c", with_for_update=True)
+            assert row is not None
+            row.value += 1
+
+
+def _child_writer(
+    store_type: type[RecordStoreABC], url: str, writer: str, count: int, increments: int
+) -> None:
+    """Entry point of a child process: open its own store, write, close."""
+    store = store_type(url)  # type: ignore[call-arg]
+    try:
+        _insert_items(store, writer, count)
+        _increment(store, increments)
+    finally:
+        store.close()
+
+
+def _count(store: RecordStoreABC, writer: str | None = None) -> int:
+    with store.session_factory() as session:
+        stmt = select(func.count()).select_from(ContractItem)
+        if writer is not None:
+            stmt = stmt.where(ContractItem.writer == writer)
+        return int(session.scalar(stmt) or 0)
+
+
+class RecordStoreContract:
+    """Conformance tests for a :class:`~nexusfs.abc.RecordStoreABC` driver."""
+
+    #: Rows per writer in the concurrency tests.
+    rows_per_writer = 25
+    #: Threads in the thread-concurrency tests.
+    threads = 4
+
+    @pytest.fixture
+    def open_same(self, record_store: RecordStoreABC) -> Iterator[OpenSame]:
+        """Opens another store on the same database; everything it opened is closed."""
+        opened: list[RecordStoreABC] = []
+
+        def _open() -> RecordStoreABC:
+            store = type(record_store)(record_store.url)  # type: ignore[call-arg]
+            opened.append(store)
+            return store
+
+        yield _open
+        for store in opened:
+            store.close()
+
+    @pytest.fixture
+    def multiprocess(self, record_store: RecordStoreABC) -> bool:
+        """Whether other processes can open the same database (not in-memory)."""
+        return ":memory:" not in record_store.url and "mode=memory" not in record_store.url
+
+    @pytest.fixture
+    def store(self, record_store: RecordStoreABC) -> Iterator[RecordStoreABC]:
+        """``record_store`` with the suite's tables created empty (dropped afterwards)."""
+        ContractBase.metadata.drop_all(record_store.engine)
+        ContractBase.metadata.create_all(record_store.engine)
+        with record_store.session_factory.begin() as session:
+            session.add(ContractCounter(name="c", value=0))
+        yield record_store
+        ContractBase.metadata.drop_all(record_store.engine)
+
+    # ------------------------------------------------------------------ basics
+
+    def test_is_record_store(self, record_store: RecordStoreABC) -> None:
+        assert isinstance(record_store, RecordStoreABC)
+        assert isinstance(record_store.url, str)
+        assert record_store.engine is not None
+        assert callable(record_store.session_factory)
+
+    def test_orm_create_and_read(self, store: RecordStoreABC) -> None:
+        with store.session_factory.begin() as session:
+            session.add_all([ContractItem(name="a"), ContractItem(name="b")])
+        with store.session_factory() as session:
+            names = session.scalars(select(ContractItem.name).order_by(ContractItem.name))
+            assert list(names) == ["a", "b"]
+
+    def test_objects_readable_after_commit(self, store: RecordStoreABC) -> None:
+        with store.session_factory() as session:
+            item = ContractItem(name="kept")
+            session.add(item)
+            session.commit()
+        # The session is closed: attributes must not need a refresh from the database.
+        assert item.name == "kept"
+        assert isinstance(item.id, int)
+
+    def test_rollback_on_exception_leaves_nothing(self, store: RecordStoreABC) -> None:
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), store.session_factory.begin() as session:
+            session.add(ContractItem(name="ghost"))
+            session.flush()  # the row reached the database inside the transaction
+            raise Boom
+        assert _count(store) == 0
+
+    def test_uncommitted_session_close_leaves_nothing(self, store: RecordStoreABC) -> None:
+        session = store.session_factory()
+        session.add(ContractItem(name="ghost"))
+        session.flush()
+        session.close()
+        assert _count(store) == 0
+
+    def test_two_stores_see_each_others_commits(
+        self, store: RecordStoreABC, open_same: OpenSame
+    ) -> None:
+        other = open_same()
+        with store.session_factory.begin() as session:
+            session.add(ContractItem(name="from-first", writer="first"))
+        assert _count(other, "first") == 1
+        with other.session_factory.begin() as session:
+            session.add(ContractItem(name="from-second", writer="second"))
+        assert _count(store, "second") == 1
+        assert _count(store) == _count(other) == 2
+
+    # ------------------------------------------------------------- concurrency
+
+    def test_concurrent_thread_writers_lose_no_rows(self, store: RecordStoreABC) -> None:
+        errors: list[BaseException] = []
+
+        def run(writer: str) -> None:
+            try:
+                _insert_items(store, writer, self.rows_per_writer)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=run, args=(f"t{i}",)) for i in range(self.threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert errors == []
+        assert _count(store) == self.threads * self.rows_per_writer
+        with store.session_factory() as session:
+            ids = list(session.scalars(select(ContractItem.id)))
+        assert len(set(ids)) == len(ids)
+
+    def test_concurrent_read_modify_write_is_serialised(self, store: RecordStoreABC) -> None:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                _increment(store, self.rows_per_writer)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=run) for _ in range(self.threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert errors == []
+        with store.session_factory() as session:
+            row = session.get(ContractCounter, "c")
+            assert row is not None
+            assert row.value == self.threads * self.rows_per_writer
+
+    def test_concurrent_process_writers_lose_no_rows(
+        self, store: RecordStoreABC, multiprocess: bool
+    ) -> None:
+        if not multiprocess:
+            pytest.skip("the database cannot be shared between processes")
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=_child_writer,
+                args=(type(store), store.url, f"p{i}", self.rows_per_writer,
+                      self.rows_per_writer),
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        for p in procs:
+            p.start()
+        # The parent writes at the same time, through its own store.
+        _insert_items(store, "parent", self.rows_per_writer)
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0, f"child writer failed with exit code {p.exitcode}"
+        assert _count(store) == 3 * self.rows_per_writer
+        for writer in ("p0", "p1", "parent"):
+            assert _count(store, writer) == self.rows_per_writer
+        with store.session_factory() as session:
+            row = session.get(ContractCounter, "c")
+            assert row is not None
+            assert row.value == 2 * self.rows_per_writer
+
+    # ------------------------------------------------------------------- close
+
+    def test_close_is_idempotent(self, open_same: OpenSame) -> None:
+        other = open_same()
+        other.close()
+        other.close()
+
+    def test_close_after_use(self, store: RecordStoreABC, open_same: OpenSame) -> None:
+        other = open_same()
+        with other.session_factory.begin() as session:
+            session.add(ContractItem(name="x"))
+        other.close()
+        other.close()
+        assert _count(store) == 1
