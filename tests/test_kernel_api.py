@@ -492,3 +492,17 @@ def test_write_retries_when_gc_reclaims_its_deduplicated_blob(
     assert len(calls) == 2
     assert store.exists(meta.content_id or "")
     assert nx.read("/f") == data
+
+
+def test_kernel_runs_on_a_metastore_alone() -> None:
+    """Kernel init takes only a metastore: small files work inline; bytes that need an
+    object store fail clearly until one is mounted."""
+    fs = NexusFS(MemoryMetastore(), zone_opener=lambda n: MemoryMetastore())
+    with fs:
+        fs.write("/small", b"inline")
+        assert fs.read("/small") == b"inline"
+        with pytest.raises(MountError):
+            fs.write("/big", os.urandom(BIG))
+        fs.mount("/", "memory://blobs")
+        fs.write("/big", b"b" * BIG)
+        assert fs.read("/big") == b"b" * BIG

@@ -648,12 +648,22 @@ class _LookupHook:
 
     def get(self, key: bytes) -> bytes | None:
         value = self._real.get(key)
-        if self.reader is threading.current_thread() and key == self.key:
+        self._maybe_yield([key])
+        return value
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        # A snapshot read of several keys (inode + inline bytes): the writer runs right
+        # after the snapshot was taken, which is the worst moment for the reader.
+        values = self._real.get_many(keys)
+        self._maybe_yield(keys)
+        return values
+
+    def _maybe_yield(self, keys: list[bytes]) -> None:
+        if self.reader is threading.current_thread() and self.key in keys:
             self.reader = None
             if not self.lock._is_owned():
                 self.go.set()
                 assert self.done.wait(60), "the writer thread did not finish"
-        return value
 
 
 def _read_whole(fs: Any, api: str, path: str) -> bytes:

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -391,10 +391,11 @@ class MountInfo:
     created_at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """Where a path lives: the zone whose metastore holds its inode (``zone``, and
-    ``zone_path``, the path inside that zone) and the object store for its bytes."""
+    ``zone_path``, the path inside that zone) and the object store for new bytes
+    (``store_uri``, empty when no store is mounted there). A named tuple: routing is on
+    every syscall's path, so it must be cheap to build."""
 
     path: str
     zone: str

@@ -40,7 +40,7 @@ _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Fast path: already-canonical ASCII paths need no splitting.
 _SIMPLE = re.compile(r"(?:/[A-Za-z0-9_\-+=,@~][A-Za-z0-9_\-+=,@~.]{0,254})*/?\Z")
 _cache: dict[str, str] = {}
-_CACHE_MAX = 4096
+_CACHE_MAX = 65536
 
 
 def normalize(path: object) -> str:

@@ -309,33 +309,37 @@ class KernelCore:
         re-checked after pinning (so no reclaim can remove it). Raises ``NotFound``,
         ``NotADirectory``, ``IsADirectory``; ``Conflict`` if the file keeps changing
         faster than it can be pinned (100 attempts)."""
-        p, route, zone, meta = self._lookup(path)
-        if meta is not None and paths.is_reserved(p):
-            if meta.is_dir:
+        p, route, zone = self._resolve(path)
+        if paths.is_reserved(p):
+            smeta = sysfs.stat(self, p)
+            if smeta is None:
+                raise NotFound("no such file or directory", path=p)
+            if smeta.is_dir:
                 raise IsADirectory("is a directory", path=p)
-            return meta, sysfs.read(self, p), None
+            return smeta, sysfs.read(self, p), None
         zp = route.zone_path
+        if zp == "/":
+            raise IsADirectory("is a directory", path=p)
+        meta, data = zone.meta.get_with_data(zp)
         for _ in range(100):
             if meta is None:
                 raise self._missing(p, route, zone)
             if meta.is_dir:
                 raise IsADirectory("is a directory", path=p)
             if meta.inline:
-                meta, data = zone.meta.get_with_data(zp)
-                if meta is not None and meta.inline:
-                    return meta, data or b"", None
+                if data is not None:
+                    return meta, data, None
+                meta, data = zone.meta.get_with_data(zp)  # changed under us: look again
                 continue
             assert meta.store is not None and meta.content_id is not None
             pin = _Pin(self, (meta.store, meta.content_id))
             again = zone.meta.get(zp)
-            if (
-                again is not None
-                and again.content_id == meta.content_id
-                and (again.store == meta.store)
+            if again is not None and again.content_id == meta.content_id and (
+                again.store == meta.store
             ):
                 return again, None, pin
             pin.release()
-            meta = again
+            meta, data = zone.meta.get_with_data(zp)
         raise Conflict("the file changes too fast to be read consistently", path=p)
 
     def _referenced(self, store: str, cid: str) -> bool:

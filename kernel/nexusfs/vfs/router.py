@@ -2,10 +2,12 @@
 
 A mount binds a normalised path to either an object store (``kind="store"``: new file
 bytes under that path go to that store) or a zone (``kind="zone"``: the subtree's
-inodes live in that zone's own metastore). The root ``/`` is always the root zone
-and the ``default`` store. ``route`` walks the ancestors of a path from the deepest and
-picks the nearest zone mount and the nearest store mount independently; it does no I/O
-and costs one dict lookup per path segment.
+inodes live in that zone's own metastore). The root ``/`` is always in the root zone;
+until a store is mounted at ``/`` (``connect()`` mounts the data directory's local store
+there) paths outside store mounts have no object store and only small, inline files can
+be written. ``route`` walks the ancestors of a path from the deepest and picks the
+nearest zone mount and the nearest store mount independently; it does no I/O and costs
+one dict lookup per path segment (none when only ``/`` is mounted).
 
 Invariant: the router is an in-memory view; the kernel persists every change to the
 mount table in the root metastore before it calls ``add``/``remove`` here.
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 from nexusfs.abc import MountInfo, Route
 
-__all__ = ["DEFAULT_STORE", "ROOT_ZONE", "MountRouter"]
+__all__ = ["ROOT_ZONE", "MountRouter"]
 
 ROOT_ZONE = "root"
-DEFAULT_STORE = "default"
+_CACHE_MAX = 65536
+_new_route = tuple.__new__
 
 
 class MountRouter:
@@ -28,18 +31,23 @@ class MountRouter:
     def __init__(self) -> None:
         self._mounts: dict[str, MountInfo] = {}
         self._cache: dict[str, Route] = {}
+        self._root_only: str | None = None
+
+    def _changed(self, table: dict[str, MountInfo]) -> None:
+        self._mounts = table
+        self._cache = {}
+        root = table.get("/")
+        self._root_only = root.uri if len(table) == 1 and root is not None else None
 
     def add(self, info: MountInfo) -> None:
         table = dict(self._mounts)
         table[info.path] = info
-        self._mounts = table
-        self._cache = {}
+        self._changed(table)
 
     def remove(self, path: str) -> MountInfo | None:
         table = dict(self._mounts)
         info = table.pop(path, None)
-        self._mounts = table
-        self._cache = {}
+        self._changed(table)
         return info
 
     def get(self, path: str) -> MountInfo | None:
@@ -68,6 +76,9 @@ class MountRouter:
         if hit is not None:
             return hit
         mounts = self._mounts
+        if self._root_only is not None:
+            # Only "/" is mounted: every path routes the same way, no walk needed.
+            return _new_route(Route, (path, ROOT_ZONE, path, "/", self._root_only, "/"))
         zone_mount: MountInfo | None = None
         store_mount: MountInfo | None = None
         if mounts:
@@ -92,11 +103,11 @@ class MountRouter:
             zmount = zone_mount.path
             zpath = path[len(zmount) :] or "/"
         if store_mount is None:
-            store, smount = DEFAULT_STORE, "/"
+            store, smount = "", "/"  # no object store: only inline files can be written
         else:
             store, smount = store_mount.uri, store_mount.path
         route = Route(path, zone, zpath, zmount, store, smount)
-        if len(self._cache) > 8192:
+        if len(self._cache) > _CACHE_MAX:
             self._cache = {}
         self._cache[path] = route
         return route
