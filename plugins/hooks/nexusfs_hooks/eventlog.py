@@ -1,0 +1,264 @@
+"""The audit log: every syscall, in order, append-only, on the RecordStore.
+
+Sequence numbers (``seq``) start at 1 and increase by exactly one per stored event, with
+no gaps, across every process appending to the same database: a batch takes the
+``event_seq`` counter row ``FOR UPDATE`` (on SQLite the store's ``BEGIN IMMEDIATE``
+holds the write lock), assigns ``counter + 1 ...``, inserts the rows and advances the
+counter in the *same* transaction. A rolled-back batch therefore consumes no numbers.
+
+Idempotence: an event carrying a kernel sequence number (``kernel_seq``) already in the
+log is not stored again; ``append`` returns the ``seq`` it got the first time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from nexusfs.errors import InvalidPath
+from nexusfs_hooks.models import EVENT_SEQ, AuditEvent, Counter
+
+__all__ = ["MAX_QUERY_LIMIT", "EventLog", "event_to_dict"]
+
+#: Largest page ``query`` / ``tail`` return.
+MAX_QUERY_LIMIT = 10_000
+#: Kernel seqs looked up per ``IN`` clause (well below every driver's parameter limit).
+_IN_CHUNK = 500
+
+_FIELDS = ("kernel_seq", "time", "subject", "op", "path", "dst", "ok", "error_code",
+           "message", "revision")  # fmt: skip
+
+
+def event_to_dict(row: AuditEvent) -> dict[str, Any]:
+    """A stored event as plain data (msgpack-able)."""
+    return {
+        "seq": row.seq,
+        "kernel_seq": row.kernel_seq,
+        "time": row.time,
+        "subject": row.subject,
+        "op": row.op,
+        "path": row.path,
+        "dst": row.dst,
+        "ok": row.ok,
+        "error_code": row.error_code,
+        "message": row.message,
+        "revision": row.revision,
+    }
+
+
+def _opt_str(event: Mapping[str, Any], key: str) -> str | None:
+    value = event.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"event field {key!r} must be a string or None, not {value!r}")
+    return value
+
+
+def _opt_int(event: Mapping[str, Any], key: str) -> int | None:
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"event field {key!r} must be an integer or None, not {value!r}")
+    return value
+
+
+def _normalise_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one event dict into column values (without ``seq``). ``ValueError`` on a
+    missing ``op``/``path`` or a field of the wrong type."""
+    if not isinstance(event, Mapping):
+        raise ValueError(f"an event must be a mapping, not {type(event).__name__}")
+    unknown = set(event) - set(_FIELDS) - {"seq"}
+    if unknown:
+        raise ValueError(f"unknown event fields: {sorted(unknown)}")
+    op = event.get("op")
+    path = event.get("path")
+    if not isinstance(op, str) or not op:
+        raise ValueError(f"event 'op' must be a non-empty string, not {op!r}")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"event 'path' must be a non-empty string, not {path!r}")
+    when = event.get("time", 0.0)
+    if isinstance(when, bool) or not isinstance(when, int | float) or not math.isfinite(when):
+        raise ValueError(f"event 'time' must be a finite number, not {when!r}")
+    kernel_seq = _opt_int(event, "kernel_seq")
+    if kernel_seq is not None and kernel_seq <= 0:
+        kernel_seq = None  # 0 = "the kernel gave no sequence number": never deduplicated
+    return {
+        "kernel_seq": kernel_seq,
+        "time": float(when),
+        "subject": _opt_str(event, "subject"),
+        "op": op,
+        "path": path,
+        "dst": _opt_str(event, "dst"),
+        "ok": bool(event.get("ok", True)),
+        "error_code": _opt_str(event, "error_code"),
+        "message": _opt_str(event, "message"),
+        "revision": _opt_int(event, "revision"),
+    }
+
+
+def _subtree(column: Any, prefix: str) -> ColumnElement[bool]:
+    """``column`` is ``prefix`` or lies below it. Bytewise range, so ``/ab`` is not under
+    ``/a`` ('/' is 0x2F, '0' is 0x30: every ``prefix + '/...'`` sorts in between)."""
+    return or_(column == prefix, and_(column >= prefix + "/", column < prefix + "0"))
+
+
+def _clamp_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative integer, not {limit!r}")
+    return min(limit, MAX_QUERY_LIMIT)
+
+
+class EventLog:
+    """The audit log (implements :class:`nexusfs.services.protocols.EventLogProtocol`).
+
+    ``session_factory`` comes from a :class:`~nexusfs.abc.RecordStoreABC` whose schema
+    was created with :func:`nexusfs_hooks.models.create_schema`. Every method runs in
+    one transaction: an exception (database error, bad argument) leaves the log as it
+    was. Safe to use from several threads and processes at once.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, event: dict[str, Any]) -> int:
+        """Store one event and return its ``seq``.
+
+        ``event`` holds ``op`` and ``path`` (required) and optionally ``kernel_seq``,
+        ``time``, ``subject``, ``dst``, ``ok`` (default true), ``error_code``,
+        ``message``, ``revision`` (a ``seq`` key is ignored: the log assigns it). If
+        ``kernel_seq`` is already in the log nothing is
+        stored and the existing ``seq`` is returned. ``ValueError`` for a malformed
+        event; database errors propagate with nothing stored.
+        """
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Store several events in one transaction (all or none) and return their
+        ``seq`` numbers in input order; duplicates (by ``kernel_seq``, in the log or
+        within the batch) get the ``seq`` of their first occurrence."""
+        return [seq for seq, _new in self.record_many(events)]
+
+    def record_many(self, events: Iterable[Mapping[str, Any]]) -> list[tuple[int, bool]]:
+        """Like :meth:`append_many`, also telling for each event whether it was newly
+        stored (``False``: a redelivery of a ``kernel_seq`` already logged)."""
+        rows = [_normalise_event(e) for e in events]
+        if not rows:
+            return []
+        with self._sessions.begin() as session:
+            # Lock the counter row first: on PostgreSQL this serialises appenders (on
+            # SQLite the store's BEGIN IMMEDIATE already holds the write lock).
+            current = session.scalar(
+                select(Counter.value).where(Counter.name == EVENT_SEQ).with_for_update()
+            )
+            if current is None:
+                raise RuntimeError("hooks schema missing: call create_schema() first")
+            known = self._known_kernel_seqs(session, rows)
+            result: list[tuple[int, bool]] = []
+            new_rows: list[dict[str, Any]] = []
+            next_seq = current
+            for row in rows:
+                ks = row["kernel_seq"]
+                if ks is not None and ks in known:
+                    result.append((known[ks], False))
+                    continue
+                next_seq += 1
+                row["seq"] = next_seq
+                new_rows.append(row)
+                if ks is not None:
+                    known[ks] = next_seq
+                result.append((next_seq, True))
+            if new_rows:
+                session.execute(insert(AuditEvent), new_rows)
+                session.execute(
+                    update(Counter).where(Counter.name == EVENT_SEQ).values(value=next_seq)
+                )
+        return result
+
+    @staticmethod
+    def _known_kernel_seqs(session: Session, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
+        wanted = sorted({r["kernel_seq"] for r in rows if r["kernel_seq"] is not None})
+        known: dict[int, int] = {}
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            stmt = select(AuditEvent.kernel_seq, AuditEvent.seq).where(
+                AuditEvent.kernel_seq.in_(chunk)
+            )
+            for ks, seq in session.execute(stmt):
+                if ks is not None:
+                    known[ks] = seq
+        return known
+
+    def contains_kernel_seq(self, kernel_seq: int) -> bool:
+        """Whether an event with this kernel sequence number is already logged."""
+        with self._sessions() as session:
+            stmt = select(AuditEvent.seq).where(AuditEvent.kernel_seq == kernel_seq)
+            return session.scalar(stmt) is not None
+
+    # ------------------------------------------------------------------ reading
+
+    def query(
+        self,
+        *,
+        path_prefix: str | None = None,
+        subject: str | None = None,
+        op: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events matching every given filter, ordered by ``seq``, at most ``limit``
+        (capped at :data:`MAX_QUERY_LIMIT`).
+
+        ``path_prefix``: the event's ``path`` *or* ``dst`` (rename/copy target) is the
+        prefix itself or lies in its subtree (``/a`` matches ``/a`` and ``/a/b``, not
+        ``/ab``; ``/`` matches everything). ``since <= time < until``. ``after_seq``:
+        only ``seq > after_seq`` (page with the last ``seq`` seen). ``InvalidPath`` for
+        a relative prefix; ``ValueError`` for a negative limit.
+        """
+        limit = _clamp_limit(limit)
+        stmt = select(AuditEvent)
+        if path_prefix is not None:
+            if not isinstance(path_prefix, str) or not path_prefix.startswith("/"):
+                raise InvalidPath("path_prefix must be an absolute path", path=str(path_prefix))
+            prefix = path_prefix.rstrip("/")
+            if prefix:
+                stmt = stmt.where(
+                    or_(_subtree(AuditEvent.path, prefix), _subtree(AuditEvent.dst, prefix))
+                )
+        if subject is not None:
+            stmt = stmt.where(AuditEvent.subject == subject)
+        if op is not None:
+            stmt = stmt.where(AuditEvent.op == op)
+        if since is not None:
+            stmt = stmt.where(AuditEvent.time >= since)
+        if until is not None:
+            stmt = stmt.where(AuditEvent.time < until)
+        if after_seq is not None:
+            stmt = stmt.where(AuditEvent.seq > after_seq)
+        stmt = stmt.order_by(AuditEvent.seq).limit(limit)
+        with self._sessions() as session:
+            return [event_to_dict(row) for row in session.scalars(stmt)]
+
+    def tail(self, n: int = 20) -> list[dict[str, Any]]:
+        """The last ``n`` events (capped at :data:`MAX_QUERY_LIMIT`), oldest first."""
+        n = _clamp_limit(n)
+        stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(n)
+        with self._sessions() as session:
+            rows = [event_to_dict(row) for row in session.scalars(stmt)]
+        rows.reverse()
+        return rows
+
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event; 0 for an empty log."""
+        with self._sessions() as session:
+            counter = session.get(Counter, EVENT_SEQ)
+            return counter.value if counter is not None else 0

@@ -1,0 +1,177 @@
+"""The ``hooks`` service plugin: audit log of every syscall plus user hook rules.
+
+The worker registers :data:`plugin` with a pluggy ``PluginManager("nexusfs")``:
+
+* ``nexus_service_start``: creates the tables on ``ctx.record_store`` (required).
+* ``nexus_pre_syscall``: the first matching ``deny`` rule vetoes the syscall.
+* ``nexus_post_syscall``: appends the event to the audit log (deduplicated by the
+  kernel's ``event.seq``) and, for a successful syscall, emits one event per matching
+  ``emit`` rule through ``ctx.emit``.
+* ``nexus_service_methods``: ``tail``, ``query``, ``last_seq``, ``add_rule``,
+  ``list_rules``, ``remove_rule`` (``nx.call("hooks.query", path_prefix="/a")``).
+  Events enter the log only through post-hooks; there is no ``append`` method.
+
+Failure semantics: without a record store the start fails (``ServiceUnavailable``) and
+the supervisor reports the service failed. A database error in the pre-hook propagates,
+so the kernel fails the syscall with ``ServiceUnavailable`` (deny rules fail closed). In
+the post-hook a transient database error (``OperationalError``, e.g. a lock held past
+the busy timeout or a dropped PostgreSQL connection) is retried a few times with backoff
+(safe: appends are idempotent by ``kernel_seq``); after that it propagates and the host
+logs it. Emits are at-least-once: they happen before the event is logged, and an event
+whose ``seq`` is already logged is neither logged nor emitted again.
+
+Config (``ctx.config``): ``rules_refresh_ms`` (default 200): how stale another worker's
+rule change may be before this worker sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
+
+from nexusfs.errors import ServiceUnavailable
+from nexusfs.hookspecs import (
+    ServiceContext,
+    ServiceInfo,
+    SyscallEvent,
+    SyscallOutcome,
+    Veto,
+    hookimpl,
+)
+from nexusfs_hooks import __version__
+from nexusfs_hooks.eventlog import EventLog
+from nexusfs_hooks.models import create_schema
+from nexusfs_hooks.rules import DEFAULT_EMIT_EVENT, HookEngine
+
+__all__ = ["READ_ONLY_METHODS", "SERVICE_NAME", "HooksPlugin", "plugin"]
+
+SERVICE_NAME = "hooks"
+#: Methods without side effects: safe for the kernel to retry on a new worker.
+READ_ONLY_METHODS = ("tail", "query", "last_seq", "list_rules")
+DEFAULT_REFRESH_MS = 200
+#: Back-off (seconds) between retries of a transient database error in the post-hook.
+RETRY_DELAYS = (0.05, 0.2, 1.0)
+
+T = TypeVar("T")
+
+
+class HooksPlugin:
+    """The hooks service. One instance per worker; all state is in the RecordStore."""
+
+    def __init__(self) -> None:
+        self.events: EventLog | None = None
+        self.rules: HookEngine | None = None
+
+    def _require(self) -> tuple[EventLog, HookEngine]:
+        if self.events is None or self.rules is None:
+            raise ServiceUnavailable("the hooks service has not been started")
+        return self.events, self.rules
+
+    @hookimpl
+    def nexus_service_info(self) -> ServiceInfo:
+        """Who we are: every syscall is hooked before (deny rules) and after (audit)."""
+        return ServiceInfo(
+            name=SERVICE_NAME,
+            version=__version__,
+            description="Audit log of every syscall and user hook rules (deny / emit).",
+            pre_hooks=("*",),
+            post_hooks=("*",),
+            needs=("record_store",),
+            idempotent=READ_ONLY_METHODS,
+        )
+
+    @hookimpl
+    def nexus_service_start(self, ctx: ServiceContext) -> None:
+        """Create the schema and the in-memory rule cache. ``ServiceUnavailable`` if
+        the host gave no record store; database errors propagate (start fails)."""
+        store = ctx.record_store
+        if store is None:
+            raise ServiceUnavailable("the hooks service needs a record store")
+        create_schema(store)
+        refresh_ms = float(ctx.config.get("rules_refresh_ms", DEFAULT_REFRESH_MS))
+        self.events = EventLog(store.session_factory)
+        self.rules = HookEngine(store.session_factory, refresh_interval=refresh_ms / 1000.0)
+
+    @hookimpl
+    def nexus_service_methods(self, ctx: ServiceContext) -> dict[str, Callable[..., Any]]:
+        """The RPC methods (bound to the started log and rule engine)."""
+        events, rules = self._require()
+        return {
+            "tail": events.tail,
+            "query": events.query,
+            "last_seq": events.last_seq,
+            "add_rule": rules.add_rule,
+            "list_rules": rules.list_rules,
+            "remove_rule": rules.remove_rule,
+        }
+
+    @hookimpl
+    def nexus_pre_syscall(self, ctx: ServiceContext, event: SyscallEvent) -> Veto | None:
+        """Veto with the first matching deny rule's message; ``None`` otherwise."""
+        _events, rules = self._require()
+        rule = rules.check_deny(event.op, event.path, event.dst)
+        if rule is None:
+            return None
+        return Veto(rule.message or f"denied by hook rule {rule.id} ({rule.op} {rule.glob})")
+
+    @hookimpl
+    def nexus_post_syscall(
+        self, ctx: ServiceContext, event: SyscallEvent, outcome: SyscallOutcome
+    ) -> None:
+        """Log the event (once per kernel ``seq``) and run matching emit rules."""
+        events, rules = self._require()
+        if event.seq > 0 and _retry(lambda: events.contains_kernel_seq(event.seq)):
+            return  # a redelivery of an event already logged (and emitted)
+        if outcome.ok and ctx.emit is not None:
+            matched = _retry(lambda: rules.matching_emits(event.op, event.path, event.dst))
+            for rule in matched:
+                ctx.emit(rule.message or DEFAULT_EMIT_EVENT, _emit_payload(rule.id, event))
+        record: dict[str, Any] = {
+            "kernel_seq": event.seq or None,
+            "time": event.time,
+            "subject": event.subject,
+            "op": event.op,
+            "path": event.path,
+            "dst": event.dst,
+            "ok": outcome.ok,
+            "error_code": outcome.error_code,
+            "message": outcome.message,
+            "revision": outcome.revision,
+        }
+        _retry(lambda: events.append(record))
+
+    @hookimpl
+    def nexus_service_stop(self, ctx: ServiceContext) -> None:
+        """Drop references; the record store belongs to the host, which closes it."""
+        self.events = None
+        self.rules = None
+
+
+def _retry(fn: Callable[[], T]) -> T:
+    """Run ``fn``, retrying transient database errors with backoff; the last error
+    propagates."""
+    for delay in RETRY_DELAYS:
+        try:
+            return fn()
+        except OperationalError:
+            time.sleep(delay)
+    return fn()
+
+
+def _emit_payload(rule_id: int, event: SyscallEvent) -> dict[str, Any]:
+    return {
+        "rule_id": rule_id,
+        "op": event.op,
+        "path": event.path,
+        "dst": event.dst,
+        "subject": event.subject,
+        "time": event.time,
+        "kernel_seq": event.seq,
+    }
+
+
+#: The object named by the ``nexusfs.services`` entry point ``hooks``.
+plugin = HooksPlugin()

@@ -1,0 +1,1 @@
+"""Test service ``echo`` (see plugin.py)."""

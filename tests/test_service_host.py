@@ -1,0 +1,371 @@
+"""Service host: real worker processes over real Unix sockets.
+
+Test plugins are fake installed distributions under ``tests/service_plugins`` (package
+plus ``*.dist-info/{METADATA,entry_points.txt}``), found by ``importlib.metadata``
+once that directory is on ``sys.path`` / ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "service_plugins"))
+
+from svc_test_helpers import (
+    deadline,
+    info,
+    running_host,
+    use_plugins,
+    wait_for,
+    wait_state,
+)
+
+from nexusfs.bus import InternalError, UnknownMethod
+from nexusfs.errors import PermissionDenied, ServiceUnavailable
+from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.services.host import ServiceHost, UnknownService
+from nexusfs.services.registry import installed_services
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def markers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    return use_plugins(monkeypatch, tmp_path)
+
+
+def events(host: ServiceHost, name: str = "echo") -> list[dict[str, Any]]:
+    path = host.data_dir / "services" / name / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_registry_reads_metadata_only(markers: Path) -> None:
+    found = installed_services()
+    assert {"echo", "badimport", "nohello", "crashloop"} <= set(found)
+    e = found["echo"]
+    assert (e.value, e.dist_name, e.dist_version) == ("nxtest_echo.plugin:plugin",
+                                                      "nxtest_echo", "1.0")
+    assert not markers.exists() or not list(markers.iterdir())
+    assert not [m for m in sys.modules if m.startswith("nxtest_")]
+
+
+@pytest.mark.anyio
+async def test_handshake_and_rpc(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        assert await host.call("echo", "echo", {"x": [1, "a"]}, deadline=deadline()) == {
+            "x": [1, "a"]}
+        assert await host.call("echo", "add", {"a": 2, "b": 3}) == 5  # sync, in a thread
+        assert await host.call("echo", "kernel_ping", {}) == "pong"  # ctx.kernel callback
+        with pytest.raises(InternalError, match="FileNotFoundError"):
+            await host.call("echo", "fail", {})
+        with pytest.raises(UnknownMethod):
+            await host.call("echo", "nope", {})
+        with pytest.raises(UnknownMethod):
+            await host.call("echo", "service.stop", {})
+        with pytest.raises(UnknownService) as ei:
+            await host.call("nosuch", "x", {})
+        assert ei.value.code == "unknown_service"
+        s = info(host, "echo")
+        assert s["state"] == "running" and s["version"] == "1.0" and s["pid"]
+        assert {"echo", "add", "slow", "kernel_ping"} <= set(s["methods"])
+        assert s["pre_hooks"] == ["write", "unlink"] and s["post_hooks"] == ["*"]
+        assert s["pid"] == await host.call("echo", "pid", {})
+
+
+@pytest.mark.anyio
+async def test_pre_hook_veto_and_failure_fail_closed(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        await host.call("echo", "pid", {}, deadline=deadline())
+        assert host.has_pre_hooks("write") and host.has_pre_hooks("unlink")
+        assert not host.has_pre_hooks("read")
+        assert host.has_post_hooks("read")  # "*"
+        await host.pre_syscall(SyscallEvent("write", "/ok/a", subject="alice"))
+        await host.pre_syscall(SyscallEvent("read", "/forbidden/a"))  # not hooked
+        with pytest.raises(PermissionDenied, match="echo: no writes under /forbidden"):
+            await host.pre_syscall(SyscallEvent("write", "/forbidden/a"))
+        with pytest.raises(ServiceUnavailable, match="pre-hook exploded"):
+            await host.pre_syscall(SyscallEvent("unlink", "/boom"))
+        await host.stop_service("echo")
+        assert not host.has_pre_hooks("write") and not host.has_post_hooks("read")
+        await host.pre_syscall(SyscallEvent("write", "/forbidden/a"))  # nobody hooks now
+
+
+@pytest.mark.anyio
+async def test_post_hooks_in_order_with_seq(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        await host.call("echo", "pid", {}, deadline=deadline())
+        for i in range(300):
+            host.post_syscall(SyscallEvent("write", f"/f{i}"), SyscallOutcome(ok=i % 2 == 0))
+        await wait_for(lambda: len(events(host)) >= 300, what="300 post events")
+        evs = events(host)
+        assert [e["seq"] for e in evs] == list(range(1, 301))
+        assert [e["path"] for e in evs] == [f"/f{i}" for i in range(300)]
+        assert evs[1]["ok"] is False
+        assert info(host, "echo")["post_queue"] == 0
+
+
+@pytest.mark.anyio
+async def test_post_hooks_redelivered_to_successor(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        n = 60
+        for i in range(n):  # 50 ms each in the worker: a kill lands mid-stream
+            host.post_syscall(SyscallEvent("write", f"/slowpost/{i}", seq=1000 + i),
+                              SyscallOutcome(ok=True))
+        await wait_for(lambda: len(events(host)) >= 5, what="first deliveries")
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: {e["seq"] for e in events(host)} >= set(range(1000, 1000 + n)),
+                       what="every event delivered")
+        evs = events(host)
+        pids = {e["pid"] for e in evs}
+        assert len(pids) == 2
+        for p in pids:  # each worker saw its events in order
+            seqs = [e["seq"] for e in evs if e["pid"] == p]
+            assert seqs == sorted(seqs)
+
+
+@pytest.mark.anyio
+async def test_import_failure_is_failed_and_isolated(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo", "badimport"]) as host:
+        s = await wait_state(host, "badimport", "failed")
+        assert "broken on purpose" in s["last_error"] and "Traceback" in s["last_error"]
+        assert s["last_exit"] == "exited with code 3"
+        assert await host.call("echo", "add", {"a": 1, "b": 1}, deadline=deadline()) == 2
+        await anyio.sleep(1.0)  # no tight retry loop
+        s = info(host, "badimport")
+        assert s["state"] == "failed" and s["restarts"] == 0 and s["pid"] is None
+        with pytest.raises(ServiceUnavailable, match="failed"):
+            await host.call("badimport", "x", {}, deadline=deadline())
+        assert "broken on purpose" in host.logs("badimport")
+
+
+@pytest.mark.anyio
+async def test_no_handshake_is_killed_and_reported(tmp_path: Path, markers: Path) -> None:
+    sup = {"handshake_timeout": 1.0, "max_restarts": 1}
+    async with running_host(tmp_path, ["nohello", "echo"], supervisor=sup) as host:
+        s = await wait_state(host, "nohello", "degraded", "failed")
+        assert "handshake timeout" in s["last_error"]
+        assert "did not say hello" in s["last_error"]
+        assert await host.call("echo", "add", {"a": 1, "b": 1}, deadline=deadline()) == 2
+
+
+@pytest.mark.anyio
+async def test_crash_loop_degrades_visibly(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["crashloop", "echo"]) as host:
+        s = await wait_state(host, "crashloop", "degraded")
+        assert "crashloop cannot start" in s["last_error"]
+        assert "exited with code 1" in s["last_error"]
+        n = s["restarts"]
+        assert await host.call("echo", "add", {"a": 1, "b": 1}, deadline=deadline()) == 2
+        # degraded keeps retrying (at the backoff cap), it never silently gives up
+        await wait_for(lambda: info(host, "crashloop")["restarts"] > n, what="more retries")
+        assert info(host, "crashloop")["state"] == "degraded"
+
+
+@pytest.mark.anyio
+async def test_hang_detected_by_heartbeat(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        with pytest.raises(ServiceUnavailable):
+            await host.call("echo", "hang", {}, deadline=time.time() + 0.5)
+        await wait_for(lambda: info(host, "echo")["pid"] not in (None, pid),
+                       what="replacement worker")
+        assert "heartbeats missed" in info(host, "echo")["last_error"]
+        assert await host.call("echo", "pid", {}, deadline=deadline()) != pid
+
+
+@pytest.mark.anyio
+async def test_calls_during_restart_wait_and_succeed(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        os.kill(pid, signal.SIGKILL)
+        results = []
+        async with anyio.create_task_group() as tg:
+            async def one() -> None:
+                results.append(await host.call("echo", "pid", {}, deadline=deadline()))
+            for _ in range(20):
+                tg.start_soon(one)
+        assert len(results) == 20 and pid not in results
+        s = info(host, "echo")
+        assert s["restarts"] == 1 and s["state"] == "running"
+        assert s["last_exit"] == "killed by SIGKILL" or "lost" in s["last_error"]
+
+
+@pytest.mark.anyio
+async def test_idempotent_calls_are_retried(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        out: dict[str, Any] = {}
+        async with anyio.create_task_group() as tg:
+            async def safe() -> None:
+                out["safe"] = await host.call("echo", "slow", {"t": 1.0, "tag": "s"},
+                                              deadline=deadline())
+
+            async def unsafe() -> None:
+                try:
+                    out["unsafe"] = await host.call("echo", "slow_unsafe", {"t": 1.0},
+                                                    deadline=deadline())
+                except ServiceUnavailable as exc:
+                    out["unsafe"] = exc
+
+            tg.start_soon(safe)
+            tg.start_soon(unsafe)
+            await anyio.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+        assert out["safe"]["tag"] == "s" and out["safe"]["pid"] != pid
+        assert isinstance(out["unsafe"], ServiceUnavailable)
+        assert "not idempotent" in str(out["unsafe"])
+
+
+@pytest.mark.anyio
+async def test_hot_restart_zero_failed_calls(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        ok, failed = [0], []
+        stop = anyio.Event()
+
+        async def caller(slow: bool) -> None:
+            while not stop.is_set():
+                try:
+                    if slow:  # non-idempotent and in flight across the switch
+                        await host.call("echo", "slow_unsafe", {"t": 0.05},
+                                        deadline=deadline())
+                    else:
+                        await host.call("echo", "echo", {"i": ok[0]}, deadline=deadline())
+                    ok[0] += 1
+                except Exception as exc:
+                    failed.append(exc)
+
+        pids = {pid}
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(caller, i % 2 == 0)
+            for _ in range(3):
+                await anyio.sleep(0.3)
+                await host.restart_service("echo")
+                pids.add(info(host, "echo")["pid"])
+            await anyio.sleep(0.3)
+            stop.set()
+        assert failed == []
+        assert ok[0] > 100 and len(pids) == 4
+        s = info(host, "echo")
+        assert s["state"] == "running" and s["restarts"] == 0  # hot restarts are not crashes
+
+
+@pytest.mark.anyio
+async def test_upgrade_picks_up_new_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    site = tmp_path / "site"
+    pkg = site / "nxtest_upgrade"
+    pkg.mkdir(parents=True)
+    dist = site / "nxtest_upgrade-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nxtest_upgrade\n"
+                                   "Version: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[nexusfs.services]\nupgrade = nxtest_upgrade:plugin\n")
+    src = '''
+from nexusfs.hookspecs import ServiceInfo, hookimpl
+VERSION = "{v}"
+class P:
+    @hookimpl
+    def nexus_service_info(self):
+        return ServiceInfo(name="upgrade", version=VERSION)
+    @hookimpl
+    def nexus_service_methods(self, ctx):
+        async def version():
+            return VERSION
+        return {{"version": version}}
+plugin = P()
+'''
+    (pkg / "__init__.py").write_text(src.format(v="1.0"))
+    use_plugins(monkeypatch, tmp_path, site)
+    async with running_host(tmp_path, ["upgrade"]) as host:
+        assert await host.call("upgrade", "version", {}, deadline=deadline()) == "1.0"
+        (pkg / "__init__.py").write_text(src.format(v="2.0.0-new"))
+        await host.restart_service("upgrade")
+        assert await host.call("upgrade", "version", {}, deadline=deadline()) == "2.0.0-new"
+        assert info(host, "upgrade")["version"] == "2.0.0-new"
+        # a broken upgrade keeps the old worker serving and says why
+        (pkg / "__init__.py").write_text("raise SyntaxError('bad release')\n")
+        with pytest.raises(ServiceUnavailable, match="old worker keeps serving"):
+            await host.restart_service("upgrade")
+        assert await host.call("upgrade", "version", {}, deadline=deadline()) == "2.0.0-new"
+        assert "bad release" in info(host, "upgrade")["last_error"]
+
+
+@pytest.mark.anyio
+async def test_kernel_never_imports_plugin_code(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo", "badimport", "crashloop"]) as host:
+        await host.call("echo", "pid", {}, deadline=deadline())
+        await wait_state(host, "badimport", "failed")
+        await wait_for(lambda: info(host, "crashloop")["restarts"] >= 1)
+    imported = {p.name for p in markers.iterdir()}
+    assert any(n.startswith("nxtest_echo-") for n in imported)
+    assert any(n.startswith("nxtest_badimport-") for n in imported)
+    assert not [n for n in imported if n.endswith(f"-{os.getpid()}")]
+    assert not [m for m in sys.modules if m.startswith("nxtest_")]
+
+
+@pytest.mark.anyio
+async def test_logs_kept_per_service_and_rotated(tmp_path: Path, markers: Path) -> None:
+    sup = {"log_max_bytes": 2000}
+    async with running_host(tmp_path, ["echo", "badimport"], supervisor=sup) as host:
+        await host.call("echo", "pid", {}, deadline=deadline())
+        await wait_state(host, "badimport", "failed")
+        text = host.logs("echo")
+        rec = json.loads(text.splitlines()[0])
+        assert rec["service"] == "echo" and rec["level"] == "info"
+        assert "echo starting" in text and "broken" not in text
+        assert "ImportError" in host.logs("badimport")
+        assert len(host.logs("echo", lines=1).splitlines()) == 1
+        for _ in range(6):
+            await host.restart_service("echo")
+        await wait_for(lambda: (host.run_dir / "services" / "echo.log.1").exists())
+        assert (host.run_dir / "services" / "echo.log").stat().st_size < 8000
+        with pytest.raises(UnknownService):
+            host.logs("nosuch")
+
+
+@pytest.mark.anyio
+async def test_stop_and_start(tmp_path: Path, markers: Path) -> None:
+    async with running_host(tmp_path, ["echo"]) as host:
+        pid = await host.call("echo", "pid", {}, deadline=deadline())
+        await host.stop_service("echo")
+        s = info(host, "echo")
+        assert s["state"] == "stopped" and s["pid"] is None
+        t = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="stopped"):
+            await host.call("echo", "pid", {}, deadline=deadline())
+        assert time.monotonic() - t < 5  # immediately, not at the deadline
+        await wait_for(lambda: not _alive(pid), what="old worker gone")
+        await host.start_service("echo")
+        assert await host.call("echo", "pid", {}, deadline=deadline()) != pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
