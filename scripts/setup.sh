@@ -17,4 +17,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# The first-party services (each its own pip package, like third-party ones).
+for plugin in plugins/*/; do
+  .venv/bin/python -m pip install --quiet -e "$plugin"
+done
 .venv/bin/python -c "import nexusfs._native" && echo "setup: ok ($(.venv/bin/python --version), nexusfs._native built)"

@@ -13,6 +13,7 @@ if this client dies first, the kernel discards it when the connection drops.
 
 from __future__ import annotations
 
+import getpass
 import io
 import os
 from collections.abc import Iterator
@@ -33,12 +34,21 @@ __all__ = ["RemoteNexusFS"]
 class RemoteNexusFS:
     """A client of the kernel process listening at ``socket_path``. Thread-safe."""
 
-    def __init__(self, socket_path: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        timeout: float = 60.0,
+        subject: str | None = None,
+    ) -> None:
         from nexusfs.bus import BlockingClient
 
         self.socket_path = os.fspath(socket_path)
         self._client = BlockingClient(self.socket_path, timeout=timeout)
         self._closed = False
+        # Trusted local mode: the kernel checked our uid on accept; we name our subject.
+        self.subject = subject or f"user:{getpass.getuser()}"
+        self._call("kernel.hello", subject=self.subject)
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -175,6 +175,16 @@ class ServiceSpec:
         once while the kernel process lives: events a crashed worker did not
         acknowledge are delivered again to its successor (same ``event.seq``)."""
 
+    @hookspec(firstresult=True)
+    def nexus_post_syscall_batch(
+        self, ctx: ServiceContext, batch: list[tuple[SyscallEvent, SyscallOutcome]]
+    ) -> bool | None:
+        """Optional batched form of ``nexus_post_syscall``: handle a whole delivery
+        batch at once (e.g. one database transaction) and return ``True``. If it raises,
+        the batch is not acknowledged and is delivered again (same ``seq`` numbers), so
+        it must be idempotent per ``event.seq``. Return ``None`` to fall back to
+        ``nexus_post_syscall`` per event."""
+
     @hookspec
     def nexus_service_stop(self, ctx: ServiceContext) -> None:
         """Release resources; the worker exits afterwards."""

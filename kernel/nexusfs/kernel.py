@@ -51,6 +51,7 @@ def connect(
     durability: Durability | str | None = None,
     flush_interval: float = 1.0,
     create: bool = True,
+    subject: str | None = None,
     _embedded: bool = False,
 ) -> FileSystem:
     """Open NexusFS and return its API.
@@ -65,6 +66,8 @@ def connect(
     ``create=False``); durability from the argument, ``$NEXUS_DURABILITY``, or
     ``deferred``. ``StoreLocked`` if another process has the directory open.
     ``ServiceUnavailable`` if a socket does not answer; ``grpc://`` is not available yet.
+    ``subject`` names who acts in a kernel process (trusted local mode; default
+    ``user:<login name>``); embedded mode has no services, so it has no use there.
     """
     if target is not None:
         from nexusfs.errors import ServiceUnavailable
@@ -72,7 +75,7 @@ def connect(
         if target.startswith("unix://"):
             from nexusfs.client import RemoteNexusFS
 
-            return RemoteNexusFS(target[len("unix://") :])
+            return RemoteNexusFS(target[len("unix://") :], subject=subject)
         if target.startswith("grpc://"):
             raise ServiceUnavailable("grpc:// remote mode is not available yet")
         data_dir = target[len("file://") :] if target.startswith("file://") else target
@@ -84,7 +87,7 @@ def connect(
         if state is not None:
             from nexusfs.client import RemoteNexusFS
 
-            return RemoteNexusFS(state["socket"])
+            return RemoteNexusFS(state["socket"], subject=subject)
     dur = Durability(durability or os.environ.get("NEXUS_DURABILITY") or "deferred")
     if not ddir.exists():
         if not create:

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from nexusfs import __version__
-from nexusfs.cli import admin, daemon, fileops, listing, transfer
+from nexusfs.cli import admin, daemon, fileops, listing, services, transfer
 from nexusfs.cli.runtime import (
     DEFAULT_DATA_DIR,
     EXIT_INTERRUPTED,
@@ -82,6 +82,7 @@ for _command in (
     *daemon.COMMANDS,
     *fileops.COMMANDS,
     *listing.COMMANDS,
+    *services.COMMANDS,
     *transfer.COMMANDS,
 ):
     cli.add_command(_command)

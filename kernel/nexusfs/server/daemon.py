@@ -119,6 +119,7 @@ def serve_forever(data_dir: Path, *, durability: str | None = None) -> None:
 
 async def _serve(fs: Any, data_dir: Path) -> None:
     from nexusfs.bus import Connection, serve_unix
+    from nexusfs.server.pipeline import Pipeline
     from nexusfs.server.session import Session
 
     sock = socket_path_for(data_dir)
@@ -135,15 +136,33 @@ async def _serve(fs: Any, data_dir: Path) -> None:
 
     async with anyio.create_task_group() as tg:
 
-        async def factory(conn: Connection) -> dict[str, Any]:
-            session = Session(fs, stop.set, info)
-
+        def open_session(conn: Connection, session: Session) -> dict[str, Any]:
             async def cleanup() -> None:
                 await conn.wait_closed()
                 session.close()
 
             tg.start_soon(cleanup)
             return session.handlers()
+
+        def service_handlers(name: str, conn: Connection) -> dict[str, Any]:
+            # Syscalls made by services are not hooked: no re-entrant hook loops.
+            session = Session(fs, stop.set, info, subject=f"service:{name}")
+            return open_session(conn, session)
+
+        host = _service_host(data_dir, service_handlers)
+        pipeline = Pipeline(host)
+        if host is not None:
+            await tg.start(host.run)
+            await _services_settled(host)
+
+        async def factory(conn: Connection) -> dict[str, Any]:
+            session = Session(fs, stop.set, info, pipeline=pipeline, services=host)
+            handlers = open_session(conn, session)
+            if host is not None:
+                from nexusfs.server.admin import admin_handlers
+
+                handlers.update(admin_handlers(host))
+            return handlers
 
         await tg.start(serve_unix, sock, factory)
         state = _state_file(data_dir)
@@ -162,6 +181,31 @@ async def _serve(fs: Any, data_dir: Path) -> None:
         await stop.wait()
         await anyio.sleep(0.05)  # let the shutdown call's answer go out
         tg.cancel_scope.cancel()
+
+
+async def _services_settled(host: Any, timeout: float = 20.0) -> None:
+    """Wait until no service is still starting (each is running, failed, degraded or
+    stopped), so the first syscall a client makes is already hooked and audited."""
+    with anyio.move_on_after(timeout):
+        while any(s["state"] in ("starting", "restarting") for s in host.services()):
+            await anyio.sleep(0.01)
+
+
+def _service_host(data_dir: Path, handlers: Any) -> Any:
+    """The service host for this kernel, or ``None`` when services are switched off
+    (``NEXUS_SERVICES=""``). ``NEXUS_SERVICES="a,b"`` starts only those; unset starts
+    every installed service. The RecordStore is ``NEXUS_RECORD_STORE`` or SQLite in the
+    data directory."""
+    from nexusfs.services.host import ServiceHost
+
+    raw = os.environ.get("NEXUS_SERVICES")
+    names = None if raw is None else [n.strip() for n in raw.split(",") if n.strip()]
+    if names == []:
+        return None
+    config: dict[str, Any] = {"services": names}
+    if os.environ.get("NEXUS_RECORD_STORE"):
+        config["record_store_url"] = os.environ["NEXUS_RECORD_STORE"]
+    return ServiceHost(data_dir, run_dir(data_dir), handlers, config)
 
 
 def _version() -> str:

@@ -75,8 +75,7 @@ class Pipeline:
         if host is None or not (host.has_pre_hooks(op) or host.has_post_hooks(op)):
             return await anyio.to_thread.run_sync(fn) if threaded else fn()
         event = self.event(op, path, subject=subject, dst=dst, args=args)
-        if host.has_pre_hooks(op):
-            await host.pre_syscall(event)
+        await self._pre_hooks(event)
         try:
             result = await anyio.to_thread.run_sync(fn) if threaded else fn()
         except NexusError as exc:
@@ -95,9 +94,20 @@ class Pipeline:
         if host is None or not self.hooked(op):
             return None
         event = self.event(op, path, **kw)
-        if host.has_pre_hooks(op):
-            await host.pre_syscall(event)
+        await self._pre_hooks(event)
         return event
+
+    async def _pre_hooks(self, event: SyscallEvent) -> None:
+        """Run the pre-hooks; a refused syscall (veto or hook failure) is still reported
+        to the post-hooks, so the audit log shows denied attempts too."""
+        host = self.host
+        if host is None or not host.has_pre_hooks(event.op):
+            return
+        try:
+            await host.pre_syscall(event)
+        except NexusError as exc:
+            self.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+            raise
 
     def finish(self, event: SyscallEvent | None, outcome: SyscallOutcome) -> None:
         """Queue the post-hooks of ``event`` (no-op for ``None``)."""

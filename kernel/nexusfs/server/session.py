@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -159,7 +160,17 @@ class Session:
     # -- kernel ------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {**self._info, "revision": self.fs.revision(), "mounts": len(self.fs.mounts())}
+        """Kernel facts, including ``plugin_modules_loaded``: plugin packages imported
+        into the kernel process (always empty: plugins load only in workers)."""
+        from nexusfs.services.registry import installed_services
+
+        roots = {e.value.split(":")[0].split(".")[0] for e in installed_services().values()}
+        return {
+            **self._info,
+            "revision": self.fs.revision(),
+            "mounts": len(self.fs.mounts()),
+            "plugin_modules_loaded": sorted(r for r in roots if r in sys.modules),
+        }
 
     def shutdown(self) -> str:
         self._on_shutdown()

@@ -218,6 +218,11 @@ class Worker:
         return int(await self._in_thread(functools.partial(self._post_sync, batch)))
 
     def _post_sync(self, batch: list[list[Any]]) -> int:
+        if batch and self.pm.hook.nexus_post_syscall_batch.get_hookimpls():
+            items = [(SyscallEvent(**e), SyscallOutcome(**o)) for _s, e, o in batch]
+            # Raising here leaves the batch unacknowledged: the host delivers it again.
+            if self.pm.hook.nexus_post_syscall_batch(ctx=self.ctx, batch=items):
+                return max(int(oseq) for oseq, _e, _o in batch)
         last = 0
         hook = self.pm.hook.nexus_post_syscall
         for oseq, event, outcome in batch:

@@ -129,19 +129,28 @@ class HooksPlugin:
             matched = _retry(lambda: rules.matching_emits(event.op, event.path, event.dst))
             for rule in matched:
                 ctx.emit(rule.message or DEFAULT_EMIT_EVENT, _emit_payload(rule.id, event))
-        record: dict[str, Any] = {
-            "kernel_seq": event.seq or None,
-            "time": event.time,
-            "subject": event.subject,
-            "op": event.op,
-            "path": event.path,
-            "dst": event.dst,
-            "ok": outcome.ok,
-            "error_code": outcome.error_code,
-            "message": outcome.message,
-            "revision": outcome.revision,
-        }
+        record = _record(event, outcome)
         _retry(lambda: events.append(record))
+
+    @hookimpl
+    def nexus_post_syscall_batch(
+        self, ctx: ServiceContext, batch: list[tuple[SyscallEvent, SyscallOutcome]]
+    ) -> bool:
+        """Log a delivery batch in one transaction (one fsync for the batch). Emit rules
+        run first for events not logged yet, as in the per-event hook."""
+        events, rules = self._require()
+        logged = _retry(lambda: events.logged_kernel_seqs(e.seq for e, _o in batch))
+        fresh = [(e, o) for e, o in batch if not (e.seq > 0 and e.seq in logged)]
+        if ctx.emit is not None:
+            for event, outcome in fresh:
+                if outcome.ok:
+                    for rule in rules.matching_emits(event.op, event.path, event.dst):
+                        ctx.emit(rule.message or DEFAULT_EMIT_EVENT,
+                                 _emit_payload(rule.id, event))  # fmt: skip
+        records = [_record(e, o) for e, o in fresh]
+        if records:
+            _retry(lambda: events.append_many(records))
+        return True
 
     @hookimpl
     def nexus_service_stop(self, ctx: ServiceContext) -> None:
@@ -159,6 +168,21 @@ def _retry(fn: Callable[[], T]) -> T:
         except OperationalError:
             time.sleep(delay)
     return fn()
+
+
+def _record(event: SyscallEvent, outcome: SyscallOutcome) -> dict[str, Any]:
+    return {
+        "kernel_seq": event.seq or None,
+        "time": event.time,
+        "subject": event.subject,
+        "op": event.op,
+        "path": event.path,
+        "dst": event.dst,
+        "ok": outcome.ok,
+        "error_code": outcome.error_code,
+        "message": outcome.message,
+        "revision": outcome.revision,
+    }
 
 
 def _emit_payload(rule_id: int, event: SyscallEvent) -> dict[str, Any]:
