@@ -8,7 +8,7 @@ store itself fails.
 Baselines: a Python ``dict`` and, if the ``lmdb`` package is installed, py-lmdb (one read
 transaction per get) for point reads; ``sqlite3`` ``executemany`` in one transaction for
 bulk puts; ``sqlite3`` in WAL mode with ``synchronous=FULL`` (and ``NORMAL``) committing
-each single put.
+each single put, and each 3-key batch in one transaction.
 """
 
 from __future__ import annotations
@@ -99,34 +99,68 @@ def bench_batch(tmp: Path, n: int) -> list[Row]:
 
 
 def bench_single_put(tmp: Path, n_deferred: int, n_immediate: int) -> list[Row]:
+    """Latency of small commits: one put, and a 3-key batch (the shape of a kernel file
+    write: inode + dirent + parent), in both durability modes."""
     rows: list[Row] = []
-    sqlite_us: dict[tuple[str, int], float] = {}
+    sqlite_us: dict[tuple[str, int, int], float] = {}
 
-    def sqlite_put(sync: str, n: int) -> float:
-        if (sync, n) not in sqlite_us:
-            conn = _sqlite(tmp / f"single-{sync}-{n}.sqlite", sync)
-            keys = _keys(n)
+    def sqlite_put(sync: str, n: int, width: int) -> float:
+        if (sync, n, width) not in sqlite_us:
+            conn = _sqlite(tmp / f"single-{sync}-{n}-{width}.sqlite", sync)
+            keys = _keys(n * width)
             t0 = time.perf_counter()
-            for k in keys:
-                conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (k, b"v" * 64))
-            sqlite_us[sync, n] = (time.perf_counter() - t0) / n * 1e6
+            for i in range(n):
+                conn.execute("BEGIN")
+                for k in keys[i * width : (i + 1) * width]:
+                    conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (k, b"v" * 64))
+                conn.execute("COMMIT")
+            sqlite_us[sync, n, width] = (time.perf_counter() - t0) / n * 1e6
             conn.close()
-        return sqlite_us[sync, n]
+        return sqlite_us[sync, n, width]
 
     for mode, n in ((Durability.DEFERRED, n_deferred), (Durability.IMMEDIATE, n_immediate)):
-        with RedbMetastore(tmp / f"single-{mode.value}.redb", mode) as store:
-            keys = _keys(n)
-            t0 = time.perf_counter()
-            for k in keys:
-                store.put(k, b"v" * 64)
-            ours = (time.perf_counter() - t0) / n * 1e6
-        label = f"put {mode.value} (µs/op)"
-        rows.append((label, "redb", ours, "sqlite WAL sync=FULL", sqlite_put("FULL", n), "-"))
-        if mode is Durability.DEFERRED:
-            rows.append(
-                (label, "redb", ours, "sqlite WAL sync=NORMAL", sqlite_put("NORMAL", n), "-")
-            )
+        for width in (1, 3):
+            with RedbMetastore(tmp / f"single-{mode.value}-{width}.redb", mode) as store:
+                keys = _keys(n * width)
+                value = b"v" * 64
+                if width == 1:
+                    t0 = time.perf_counter()
+                    for k in keys:
+                        store.put(k, value)
+                else:
+                    groups = [
+                        [(k, value) for k in keys[i * width : (i + 1) * width]] for i in range(n)
+                    ]
+                    t0 = time.perf_counter()
+                    for g in groups:
+                        store.batch(puts=g)
+                ours = (time.perf_counter() - t0) / n * 1e6
+            what = "put" if width == 1 else f"batch {width} keys"
+            label = f"{what} {mode.value} (µs/op)"
+            target = "≤ 10" if mode is Durability.DEFERRED else "-"
+            full = sqlite_put("FULL", n, width)
+            rows.append((label, "redb", ours, "sqlite WAL sync=FULL", full, target))
+            if mode is Durability.DEFERRED:
+                normal = sqlite_put("NORMAL", n, width)
+                rows.append((label, "redb", ours, "sqlite WAL sync=NORMAL", normal, target))
     return rows
+
+
+def bench_get_unflushed(tmp: Path, n_keys: int, n_ops: int) -> list[Row]:
+    """Point reads while recent commits are still in the in-memory overlay (no flush)."""
+    keys = _keys(n_keys)
+    value = b"m" * 100
+    probe = random.Random(2).choices(keys, k=n_ops)
+    with RedbMetastore(tmp / "get-unflushed.redb", flush_interval_ms=0) as store:
+        store.batch(puts=[(k, value) for k in keys])
+        store.flush()
+        # Overwrite 1 key in 16 with single commits: they stay in the overlay.
+        for k in keys[::16]:
+            store.put(k, value)
+        ours = _per_op_us(store.get, probe)
+    model = dict.fromkeys(keys, value)
+    base = _per_op_us(model.get, probe)
+    return [("get, unflushed (µs/op)", "redb", ours, "dict.get", base, "≤ 2")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nexusfs-bench-") as d:
         tmp = Path(d)
         rows += bench_get(tmp, sizes["keys"], sizes["gets"])
+        rows += bench_get_unflushed(tmp, sizes["keys"], sizes["gets"])
         rows += bench_batch(tmp, sizes["batch"])
         rows += bench_single_put(tmp, sizes["put_d"], sizes["put_i"])
     header = ("metric", "nexusfs", "baseline", "value", "ratio", "target")

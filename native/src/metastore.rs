@@ -1,6 +1,6 @@
 //! The Python class `nexusfs._native.Metastore`.
 //!
-//! Every method releases the GIL around redb and log I/O; errors are raised as the typed
+//! Every method releases the GIL around redb, overlay and log work; errors are raised as the typed
 //! exceptions of `nexusfs.errors` (see `errors.rs`). The class is subclassable so that
 //! `nexusfs.drivers.metastore.redb.RedbMetastore` can add the `MetastoreABC` base while
 //! keeping native method dispatch.
@@ -14,7 +14,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::Error;
-use crate::store::{ScanArgs, Store};
+use crate::store::{ScanArgs, Store, SPILL_BYTES, SPILL_ENTRIES};
 
 /// An ordered, durable key-value store on one redb file plus a write-ahead log.
 ///
@@ -32,13 +32,26 @@ fn py_err(e: Error) -> PyErr {
 #[pymethods]
 impl Metastore {
     #[new]
-    #[pyo3(signature = (path, durability = "deferred", flush_interval_ms = 1000, create = true))]
+    /// `spill_entries` / `spill_bytes` (keyword-only, for tests and tuning): the size of
+    /// the in-memory overlay of recent commits at which it is written into redb.
+    #[pyo3(signature = (
+        path,
+        durability = "deferred",
+        flush_interval_ms = 1000,
+        create = true,
+        *,
+        spill_entries = SPILL_ENTRIES,
+        spill_bytes = SPILL_BYTES,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         durability: &str,
         flush_interval_ms: u64,
         create: bool,
+        spill_entries: usize,
+        spill_bytes: usize,
     ) -> PyResult<Self> {
         let immediate = match durability {
             "immediate" => true,
@@ -50,7 +63,16 @@ impl Metastore {
             }
         };
         let store = py
-            .detach(|| Store::open(path, immediate, flush_interval_ms, create))
+            .detach(|| {
+                Store::open(
+                    path,
+                    immediate,
+                    flush_interval_ms,
+                    create,
+                    spill_entries,
+                    spill_bytes,
+                )
+            })
             .map_err(py_err)?;
         Ok(Metastore { store })
     }
@@ -187,6 +209,8 @@ impl Metastore {
         d.set_item("wal_fsyncs", s.wal_fsyncs)?;
         d.set_item("commits", s.commits)?;
         d.set_item("checkpoints", s.checkpoints)?;
+        d.set_item("spills", s.spills)?;
+        d.set_item("overlay_entries", s.overlay_entries)?;
         d.set_item("replayed_records", s.replayed_records)?;
         d.set_item("replay_skipped", s.replay_skipped)?;
         d.set_item("replay_bytes", s.replay_bytes)?;

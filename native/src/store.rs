@@ -1,27 +1,40 @@
-//! The store: one redb table of `&[u8] -> &[u8]` behind a write-ahead log.
+//! The store: one redb table of `&[u8] -> &[u8]` behind a write-ahead log, with an
+//! in-memory overlay (memtable) in front of redb.
 //!
 //! Invariants:
 //!
-//! * Writers are serialised by `writer`; under that one lock a commit is applied to redb
-//!   with `Durability::None` and its resolved effects are appended to the log, so the order
-//!   of log records is the commit order. The record is written *before* the redb commit:
-//!   if the log write fails, the transaction is aborted and nothing changed; if the commit
-//!   fails, the record is rolled back.
-//! * A checkpoint is a redb commit with `Durability::Immediate` (which makes every earlier
-//!   non-durable commit durable) that also records the last logged sequence number in the
-//!   meta table; only then is the log emptied.
-//! * Lock order: `writer` -> `db` (read) -> `snap`. `close` takes `writer`, then `db` for
-//!   writing, so no reader or writer is inside redb when the database is dropped.
-//! * Readers never take `writer`. They share one cached read snapshot per commit
-//!   generation; a writer bumps `generation` after each commit, so a call that starts after
-//!   a mutation returned sees it.
+//! * Writers are serialised by `writer`. Under that lock a commit validates its checks
+//!   against the merged view (overlay over redb), appends its resolved effects to the log
+//!   (and `fdatasync`s it in immediate mode), then applies them to the overlay. No redb
+//!   transaction runs on the commit path. If the log append fails nothing changed.
+//! * The overlay is an ordered map `key -> Some(value) | None (tombstone)` in two layers:
+//!   `active` (written by commits) and `frozen` (an immutable map being spilled). Lookups
+//!   go active -> frozen -> redb. A spill freezes `active`, writes the frozen map into redb
+//!   in one `Durability::None` transaction (holding only `spill`, so commits continue),
+//!   then drops the frozen layer. Every value a spill writes equals the overlay value that
+//!   shadows it, so readers stay consistent whichever redb snapshot they pair it with.
+//! * A checkpoint writes both layers plus the last logged sequence number into redb in one
+//!   `Durability::Immediate` commit (which also makes every earlier spill durable), clears
+//!   the overlay and empties the log. Until then the log is the source of truth: replay
+//!   on open rebuilds everything after the last checkpoint.
+//! * Readers never take `writer` or `spill`. Under the overlay read lock a reader does its
+//!   overlay lookups (copying what it needs) and takes the redb read snapshot, then reads
+//!   redb without the lock. The overlay write lock is taken only to apply a commit in
+//!   memory and to drop a spilled layer, never across log I/O, so readers never wait for
+//!   an fsync. Spills and checkpoints bump `generation` and drop the cached snapshot under
+//!   the overlay write lock, so a reader that sees a layer gone also sees it in redb.
+//! * Lock order: `writer` -> `spill` -> `db` -> `overlay` -> `snap`; `signal` is taken
+//!   alone. `close` takes `writer`, then `spill`, then `db` for writing, so no reader or
+//!   writer is inside redb when the database is dropped.
 
+use std::cmp::Ordering as Cmp;
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -35,11 +48,108 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("nexusfs_meta");
 const META_WAL_SEQ: &str = "wal_seq";
 /// Checkpoint inline once the log grows past this many bytes.
 const WAL_LIMIT: u64 = 64 << 20;
+/// Default overlay size (entries / approximate bytes) that triggers a background spill.
+pub const SPILL_ENTRIES: usize = 64 << 10;
+pub const SPILL_BYTES: usize = 32 << 20;
+/// A committing thread spills inline once the overlay is this many times over its limit
+/// (the background spill is falling behind): back-pressure on writers.
+const SPILL_HARD_FACTOR: usize = 4;
+/// Approximate per-entry memory of the overlay beyond key and value bytes.
+const ENTRY_OVERHEAD: usize = 64;
 
 type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
+type Map = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// Overlay rows of a scan: `(key, Some(value) | None (tombstone))`.
+type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Recent commits not yet written into redb.
+#[derive(Default)]
+struct Overlay {
+    /// Written by commits (under `writer` and the overlay write lock).
+    active: Map,
+    /// Approximate bytes of `active` (a spill trigger, not an exact figure).
+    active_bytes: usize,
+    /// An immutable layer being written into redb by a spill; shadowed by `active`.
+    frozen: Option<Arc<Map>>,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.active.is_empty() && self.frozen.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// `Some(Some(v))`: the overlay holds `v`; `Some(None)`: deleted; `None`: ask redb.
+    fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        if let Some(v) = self.active.get(key) {
+            return Some(v.as_deref());
+        }
+        self.frozen.as_ref()?.get(key).map(|v| v.as_deref())
+    }
+
+    /// The merged overlay rows in `(lo, hi)`, ascending, tombstones included, stopping
+    /// after `limit` live rows (a scan can never need more of them).
+    fn range(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, limit: usize, keys_only: bool) -> Rows {
+        let empty = Map::new();
+        let frozen = self.frozen.as_deref().unwrap_or(&empty);
+        let mut a = self.active.range::<[u8], _>((lo, hi)).peekable();
+        let mut f = frozen.range::<[u8], _>((lo, hi)).peekable();
+        let mut out = Vec::new();
+        let mut live = 0usize;
+        while live < limit {
+            let ord = match (a.peek(), f.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Cmp::Less,
+                (None, Some(_)) => Cmp::Greater,
+                (Some((ka, _)), Some((kf, _))) => ka.cmp(kf),
+            };
+            let next = match ord {
+                Cmp::Less => a.next(),
+                Cmp::Equal => {
+                    f.next();
+                    a.next()
+                }
+                Cmp::Greater => f.next(),
+            };
+            let Some((k, v)) = next else { break };
+            let v = v
+                .as_ref()
+                .map(|v| if keys_only { Vec::new() } else { v.clone() });
+            live += usize::from(v.is_some());
+            out.push((k.clone(), v));
+        }
+        out
+    }
+}
+
+/// Write `map` into `table`: puts and removes (tombstones).
+fn apply_map(table: &mut Table<'_, &'static [u8], &'static [u8]>, map: &Map) -> Result<()> {
+    for (k, v) in map {
+        match v {
+            Some(v) => {
+                table.insert(k.as_slice(), v.as_slice())?;
+            }
+            None => {
+                table.remove(k.as_slice())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Writer {
@@ -57,6 +167,7 @@ struct Writer {
 struct Counters {
     commits: AtomicU64,
     checkpoints: AtomicU64,
+    spills: AtomicU64,
     replayed: AtomicU64,
     replay_skipped: AtomicU64,
     replay_bytes: AtomicU64,
@@ -69,6 +180,8 @@ pub struct Stats {
     pub wal_fsyncs: u64,
     pub commits: u64,
     pub checkpoints: u64,
+    pub spills: u64,
+    pub overlay_entries: u64,
     pub replayed_records: u64,
     pub replay_skipped: u64,
     pub replay_bytes: u64,
@@ -78,20 +191,83 @@ pub struct Stats {
     pub last_error: Option<String>,
 }
 
+/// Requests to the background thread.
+#[derive(Default)]
+struct Signal {
+    stop: bool,
+    spill: bool,
+}
+
 pub struct Store {
     pub path: String,
     pub immediate: bool,
     interval: Duration,
+    spill_entries: usize,
+    spill_bytes: usize,
     db: RwLock<Option<Database>>,
+    overlay: RwLock<Overlay>,
     snap: Mutex<Option<(u64, Snapshot)>>,
     generation: AtomicU64,
     writer: Mutex<Writer>,
+    /// Serialises redb write transactions (spills and checkpoints).
+    spill: Mutex<()>,
     closed: AtomicBool,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
+    signal: Mutex<Signal>,
+    signal_cv: Condvar,
     flusher: Mutex<Option<JoinHandle<()>>>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+}
+
+/// A commit being built: its effects so far, readable through [`Txn::with_current`].
+pub struct Txn<'s> {
+    store: &'s Store,
+    db: &'s Database,
+    rec: &'s mut RecordBuf,
+    pending: Map,
+    bytes: usize,
+}
+
+impl Txn<'_> {
+    /// Call `f` with the current value of `key` as this commit sees it.
+    fn with_current<T>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> T) -> Result<T> {
+        if let Some(v) = self.pending.get(key) {
+            return Ok(f(v.as_deref()));
+        }
+        let snap = {
+            let ov = rlock(&self.store.overlay);
+            if let Some(v) = ov.lookup(key) {
+                return Ok(f(v));
+            }
+            self.store.snapshot(self.db)?
+        };
+        let got = snap.get(key)?;
+        Ok(f(got.as_ref().map(|g| g.value())))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.rec.put(key, value);
+        self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
+        self.pending.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    /// Delete `key` if it exists; return whether it did.
+    fn del(&mut self, key: &[u8]) -> Result<bool> {
+        let existed = self.with_current(key, |v| v.is_some())?;
+        if existed {
+            self.rec.del(key);
+            self.bytes += key.len() + ENTRY_OVERHEAD;
+            self.pending.insert(key.to_vec(), None);
+        }
+        Ok(existed)
+    }
+}
+
+/// What a committing thread must do after releasing `writer`.
+#[derive(PartialEq, Eq)]
+enum After {
+    Nothing,
+    SpillInline,
 }
 
 /// Bounds of a scan, in the order they are applied.
@@ -151,12 +327,16 @@ fn open_db(path: &Path, create: bool) -> Result<Database> {
 }
 
 impl Store {
-    /// Open or create the store at `path`, replaying its write-ahead log.
+    /// Open or create the store at `path`, replaying its write-ahead log. The overlay is
+    /// spilled into redb in the background once it holds `spill_entries` entries or about
+    /// `spill_bytes` bytes.
     pub fn open(
         path: PathBuf,
         immediate: bool,
         flush_interval_ms: u64,
         create: bool,
+        spill_entries: usize,
+        spill_bytes: usize,
     ) -> Result<Arc<Store>> {
         let display = path.to_string_lossy().into_owned();
         // A log left next to a missing or empty database file belongs to a store that no
@@ -206,7 +386,10 @@ impl Store {
             path: display,
             immediate,
             interval: Duration::from_millis(flush_interval_ms),
+            spill_entries: spill_entries.max(1),
+            spill_bytes: spill_bytes.max(1),
             db: RwLock::new(Some(db)),
+            overlay: RwLock::new(Overlay::default()),
             snap: Mutex::new(None),
             generation: AtomicU64::new(0),
             writer: Mutex::new(Writer {
@@ -216,9 +399,10 @@ impl Store {
                 durable_seq: seq,
                 dirty: false,
             }),
+            spill: Mutex::new(()),
             closed: AtomicBool::new(false),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
+            signal: Mutex::new(Signal::default()),
+            signal_cv: Condvar::new(),
             flusher: Mutex::new(None),
             counters: Counters::default(),
             last_error: Mutex::new(None),
@@ -232,61 +416,149 @@ impl Store {
             .counters
             .replay_bytes
             .store(replay[2], Ordering::Relaxed);
-        if flush_interval_ms > 0 {
-            let bg = Arc::clone(&store);
-            let handle = std::thread::Builder::new()
-                .name("nexusfs-metastore-flusher".into())
-                .spawn(move || bg.flusher_loop())?;
-            *lock(&store.flusher) = Some(handle);
-        }
+        // The background thread spills the overlay on request and, if `flush_interval_ms`
+        // is not 0, checkpoints on that interval.
+        let bg = Arc::clone(&store);
+        let handle = std::thread::Builder::new()
+            .name("nexusfs-metastore-flusher".into())
+            .spawn(move || bg.background_loop())?;
+        *lock(&store.flusher) = Some(handle);
         Ok(store)
     }
 
-    fn flusher_loop(&self) {
-        let mut stop = lock(&self.stop);
+    fn record_error(&self, what: &str, e: &Error) {
+        self.counters
+            .checkpoint_errors
+            .fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(format!("{what}: {e:?}"));
+    }
+
+    fn background_loop(&self) {
+        let mut last_checkpoint = Instant::now();
+        let mut sig = lock(&self.signal);
         loop {
-            let (guard, _) = self
-                .stop_cv
-                .wait_timeout_while(stop, self.interval, |s| !*s)
-                .unwrap_or_else(|e| e.into_inner());
-            stop = guard;
-            if *stop {
+            if sig.stop {
                 return;
             }
-            drop(stop);
-            if let Err(e) = self.checkpoint_if_dirty() {
-                self.counters
-                    .checkpoint_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *lock(&self.last_error) = Some(format!("background checkpoint: {e:?}"));
+            if !sig.spill {
+                sig = if self.interval.is_zero() {
+                    self.signal_cv.wait(sig).unwrap_or_else(|e| e.into_inner())
+                } else {
+                    let wait = self.interval.saturating_sub(last_checkpoint.elapsed());
+                    self.signal_cv
+                        .wait_timeout(sig, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                };
+                if sig.stop {
+                    return;
+                }
             }
-            stop = lock(&self.stop);
+            let spill = std::mem::take(&mut sig.spill);
+            drop(sig);
+            if spill {
+                if let Err(e) = self.spill_overlay() {
+                    self.record_error("background spill", &e);
+                }
+            }
+            if !self.interval.is_zero() && last_checkpoint.elapsed() >= self.interval {
+                last_checkpoint = Instant::now();
+                if let Err(e) = self.checkpoint_if_dirty() {
+                    self.record_error("background checkpoint", &e);
+                }
+            }
+            sig = lock(&self.signal);
         }
     }
 
     fn checkpoint_if_dirty(&self) -> Result<()> {
+        if !lock(&self.writer).dirty {
+            return Ok(());
+        }
+        // Move the bulk of the overlay into redb without stopping writers, then
+        // checkpoint the remainder under `writer`.
+        self.spill_overlay()?;
         let mut w = lock(&self.writer);
         if !w.dirty {
             return Ok(());
         }
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        match db.as_ref() {
-            Some(db) => self.checkpoint_locked(&mut w, db),
-            None => Ok(()),
+        match self.checkpoint_locked(&mut w) {
+            Err(Error::Closed) => Ok(()),
+            other => other,
         }
     }
 
-    fn checkpoint_locked(&self, w: &mut Writer, db: &Database) -> Result<()> {
+    /// Write the overlay into redb (non-durably) and drop it from memory. Commits go on
+    /// meanwhile: they land in a fresh active layer.
+    fn spill_overlay(&self) -> Result<()> {
+        let _spill = lock(&self.spill);
+        let db = rlock(&self.db);
+        let Some(db) = db.as_ref() else {
+            return Ok(());
+        };
+        let frozen = {
+            let mut ov = wlock(&self.overlay);
+            if ov.frozen.is_none() {
+                if ov.active.is_empty() {
+                    return Ok(());
+                }
+                let active = std::mem::take(&mut ov.active);
+                ov.active_bytes = 0;
+                ov.frozen = Some(Arc::new(active));
+            }
+            // A layer left by a failed spill is retried first.
+            Arc::clone(ov.frozen.as_ref().expect("frozen layer"))
+        };
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut table = txn.open_table(DATA)?;
+            apply_map(&mut table, &frozen)?;
+        }
+        txn.commit()?;
+        let dropped = {
+            let mut ov = wlock(&self.overlay);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            *lock(&self.snap) = None;
+            ov.frozen.take()
+        };
+        drop(dropped);
+        drop(frozen); // the last reference: freed outside the overlay lock
+        self.counters.spills.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checkpoint under `writer`: overlay and log sequence into redb in one durable
+    /// commit, then clear the overlay and empty the log.
+    fn checkpoint_locked(&self, w: &mut Writer) -> Result<()> {
+        let _spill = lock(&self.spill);
+        let db = rlock(&self.db);
+        let db = db.as_ref().ok_or(Error::Closed)?;
         if !w.dirty && w.wal.len() == 0 {
             return Ok(());
         }
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
+            // Only readers can hold the overlay meanwhile: `writer` and `spill` are ours.
+            let ov = rlock(&self.overlay);
+            let mut table = txn.open_table(DATA)?;
+            if let Some(frozen) = ov.frozen.as_deref() {
+                apply_map(&mut table, frozen)?;
+            }
+            apply_map(&mut table, &ov.active)?;
             let mut meta = txn.open_table(META)?;
             meta.insert(META_WAL_SEQ, w.seq)?;
         }
         txn.commit()?;
+        let dropped = {
+            let mut ov = wlock(&self.overlay);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            *lock(&self.snap) = None;
+            ov.active_bytes = 0;
+            (std::mem::take(&mut ov.active), ov.frozen.take())
+        };
+        drop(dropped);
         w.durable_seq = w.seq;
         w.dirty = false;
         w.wal.reset()?;
@@ -297,31 +569,39 @@ impl Store {
 
     /// Make every returned mutation durable now.
     pub fn flush(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.spill_overlay()?;
         let mut w = lock(&self.writer);
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = db.as_ref().ok_or(Error::Closed)?;
-        self.checkpoint_locked(&mut w, db)
+        self.checkpoint_locked(&mut w)
     }
 
-    /// Stop the flusher, checkpoint and release the file. Idempotent. If the final
-    /// checkpoint fails the file is still released and the log kept for the next open.
+    /// Stop the background thread, checkpoint and release the file. Idempotent. If the
+    /// final checkpoint fails the file is still released and the log kept for the next
+    /// open.
     pub fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         {
-            *lock(&self.stop) = true;
-            self.stop_cv.notify_all();
+            lock(&self.signal).stop = true;
+            self.signal_cv.notify_all();
         }
         if let Some(handle) = lock(&self.flusher).take() {
-            let _ = handle.join();
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
         let mut w = lock(&self.writer);
-        let mut dbw = self.db.write().unwrap_or_else(|e| e.into_inner());
-        let result = match dbw.as_ref() {
-            Some(db) => self.checkpoint_locked(&mut w, db),
-            None => Ok(()),
+        let result = match self.checkpoint_locked(&mut w) {
+            Err(Error::Closed) => Ok(()),
+            other => other,
         };
+        let _spill = lock(&self.spill);
+        let mut dbw = wlock(&self.db);
+        let dropped = std::mem::take(&mut *wlock(&self.overlay));
+        drop(dropped);
         *lock(&self.snap) = None;
         if let Some(db) = dbw.take() {
             drop(db);
@@ -335,6 +615,8 @@ impl Store {
 
     // ------------------------------------------------------------------ reads
 
+    /// The cached redb read snapshot of the current generation. Call it under the overlay
+    /// read lock, so the snapshot is at least as new as the overlay state seen.
     fn snapshot(&self, db: &Database) -> Result<Snapshot> {
         let gen = self.generation.load(Ordering::Acquire);
         if let Some((g, t)) = lock(&self.snap).as_ref() {
@@ -351,29 +633,59 @@ impl Store {
         Ok(table)
     }
 
+    /// Run `f` on the overlay under its read lock, and take the matching redb snapshot.
     fn read<R>(
         &self,
-        f: impl FnOnce(&ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<R>,
-    ) -> Result<R> {
+        f: impl FnOnce(&Overlay) -> R,
+    ) -> Result<(R, Snapshot, RwLockReadGuard<'_, Option<Database>>)> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = db.as_ref().ok_or(Error::Closed)?;
-        let table = self.snapshot(db)?;
-        f(&table)
+        let dbg = rlock(&self.db);
+        let db = dbg.as_ref().ok_or(Error::Closed)?;
+        let (r, snap) = {
+            let ov = rlock(&self.overlay);
+            let r = f(&ov);
+            (r, self.snapshot(db)?)
+        };
+        Ok((r, snap, dbg))
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.read(|t| Ok(t.get(key)?.map(|g| g.value().to_vec())))
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let dbg = rlock(&self.db);
+        let db = dbg.as_ref().ok_or(Error::Closed)?;
+        let snap = {
+            let ov = rlock(&self.overlay);
+            if !ov.is_empty() {
+                if let Some(v) = ov.lookup(key) {
+                    return Ok(v.map(<[u8]>::to_vec));
+                }
+            }
+            self.snapshot(db)?
+        };
+        let got = snap.get(key)?;
+        Ok(got.map(|g| g.value().to_vec()))
     }
 
     pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.read(|t| {
+        let (found, snap, _db) = self.read(|ov| {
+            if ov.is_empty() {
+                return Vec::new();
+            }
             keys.iter()
-                .map(|k| Ok(t.get(k.as_ref())?.map(|g| g.value().to_vec())))
-                .collect()
-        })
+                .map(|k| ov.lookup(k.as_ref()).map(|v| v.map(<[u8]>::to_vec)))
+                .collect::<Vec<_>>()
+        })?;
+        let mut found = found.into_iter();
+        keys.iter()
+            .map(|k| match found.next().flatten() {
+                Some(v) => Ok(v),
+                None => Ok(snap.get(k.as_ref())?.map(|g| g.value().to_vec())),
+            })
+            .collect()
     }
 
     pub fn scan(&self, a: &ScanArgs<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -418,127 +730,153 @@ impl Store {
             Some(u) => Bound::Excluded(u),
             None => Bound::Unbounded,
         };
-        self.read(|t| {
-            let mut out = Vec::new();
-            for item in t.range::<&[u8]>((lo, hi))? {
-                let (k, v) = item?;
-                let value = if a.keys_only {
-                    Vec::new()
-                } else {
-                    v.value().to_vec()
-                };
-                out.push((k.value().to_vec(), value));
-                if out.len() >= limit {
-                    break;
+        let (rows, snap, _db) = self.read(|ov| {
+            if ov.is_empty() {
+                Vec::new()
+            } else {
+                ov.range(lo, hi, limit, a.keys_only)
+            }
+        })?;
+        // Merge: overlay rows win over redb rows with the same key; tombstones hide them.
+        let mut over = rows.into_iter().peekable();
+        let mut base = snap.range::<&[u8]>((lo, hi))?;
+        let mut next_base = base.next().transpose()?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let ord = match (over.peek(), &next_base) {
+                (None, None) => break,
+                (Some(_), None) => Cmp::Less,
+                (None, Some(_)) => Cmp::Greater,
+                (Some((ko, _)), Some((kb, _))) => ko.as_slice().cmp(kb.value()),
+            };
+            if ord != Cmp::Less {
+                let (k, v) = next_base.take().expect("base row");
+                next_base = base.next().transpose()?;
+                if ord == Cmp::Greater {
+                    let value = if a.keys_only {
+                        Vec::new()
+                    } else {
+                        v.value().to_vec()
+                    };
+                    out.push((k.value().to_vec(), value));
+                    continue;
                 }
             }
-            Ok(out)
-        })
+            let (k, v) = over.next().expect("overlay row");
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
     }
 
     // ----------------------------------------------------------------- writes
 
-    /// Run `f` in a write transaction. `f` applies its changes to the table and logs their
-    /// effects into the record; if it logged nothing, nothing is committed.
-    fn write<R>(
-        &self,
-        f: impl FnOnce(&mut Table<'_, &'static [u8], &'static [u8]>, &mut RecordBuf) -> Result<R>,
-    ) -> Result<R> {
+    /// Run `f` as one commit: `f` validates against the merged view and records its
+    /// effects in the [`Txn`]; if it recorded nothing, nothing is committed. Otherwise the
+    /// effects are logged, then applied to the overlay.
+    fn write<R>(&self, f: impl FnOnce(&mut Txn<'_>) -> Result<R>) -> Result<R> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
         let mut guard = lock(&self.writer);
         let w = &mut *guard;
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = db.as_ref().ok_or(Error::Closed)?;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let seq = w.seq + 1;
-        w.buf.begin(seq);
-        let result = {
-            let mut table = txn.open_table(DATA)?;
-            f(&mut table, &mut w.buf)
-        };
-        let value = match result {
-            Ok(v) => v,
-            Err(e) => {
-                txn.abort()?;
-                return Err(e);
+        let (value, after) = {
+            let dbg = rlock(&self.db);
+            let db = dbg.as_ref().ok_or(Error::Closed)?;
+            let seq = w.seq + 1;
+            w.buf.begin(seq);
+            let mut txn = Txn {
+                store: self,
+                db,
+                rec: &mut w.buf,
+                pending: Map::new(),
+                bytes: 0,
+            };
+            let value = f(&mut txn)?;
+            let Txn { pending, bytes, .. } = txn;
+            if w.buf.is_empty() {
+                return Ok(value);
             }
+            let Some(record) = w.buf.finish() else {
+                return Err(Error::Value(
+                    "commit too large for the write-ahead log (4 GiB)".into(),
+                ));
+            };
+            let at = w.wal.len();
+            if let Err(e) = w.wal.append(record) {
+                let _ = w.wal.rollback(at);
+                return Err(e.into());
+            }
+            // Logged: now visible. Nothing below can fail.
+            let (entries, total) = {
+                let mut ov = wlock(&self.overlay);
+                if ov.active.is_empty() {
+                    ov.active = pending;
+                } else if pending.len() > ov.active.len() {
+                    let older = std::mem::replace(&mut ov.active, pending);
+                    for (k, v) in older {
+                        ov.active.entry(k).or_insert(v);
+                    }
+                } else {
+                    ov.active.extend(pending);
+                }
+                ov.active_bytes += bytes;
+                (ov.active.len(), ov.active_bytes)
+            };
+            w.seq = seq;
+            w.dirty = true;
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            let after = if entries >= self.spill_entries || total >= self.spill_bytes {
+                if entries >= self.spill_entries * SPILL_HARD_FACTOR
+                    || total >= self.spill_bytes.saturating_mul(SPILL_HARD_FACTOR)
+                {
+                    After::SpillInline
+                } else {
+                    lock(&self.signal).spill = true;
+                    self.signal_cv.notify_all();
+                    After::Nothing
+                }
+            } else {
+                After::Nothing
+            };
+            (value, after)
         };
-        if w.buf.is_empty() {
-            txn.abort()?;
-            return Ok(value);
-        }
-        let Some(record) = w.buf.finish() else {
-            txn.abort()?;
-            return Err(Error::Value(
-                "commit too large for the write-ahead log (4 GiB)".into(),
-            ));
-        };
-        let at = w.wal.len();
-        if let Err(e) = w.wal.append(record) {
-            txn.abort()?;
-            let _ = w.wal.rollback(at);
-            return Err(e.into());
-        }
-        if let Err(e) = txn.commit() {
-            let _ = w.wal.rollback(at);
-            return Err(e.into());
-        }
-        w.seq = seq;
-        w.dirty = true;
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        *lock(&self.snap) = None;
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
         if w.wal.len() > WAL_LIMIT {
             // The commit itself succeeded; a failed checkpoint is retried later.
-            if let Err(e) = self.checkpoint_locked(w, db) {
-                self.counters
-                    .checkpoint_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                *lock(&self.last_error) = Some(format!("size-triggered checkpoint: {e:?}"));
+            if let Err(e) = self.checkpoint_locked(w) {
+                self.record_error("size-triggered checkpoint", &e);
+            }
+        }
+        drop(guard);
+        if after == After::SpillInline {
+            if let Err(e) = self.spill_overlay() {
+                self.record_error("inline spill", &e);
             }
         }
         Ok(value)
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.write(|t, rec| {
-            t.insert(key, value)?;
-            rec.put(key, value);
+        self.write(|t| {
+            t.put(key, value);
             Ok(())
         })
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.write(|t, rec| {
-            let existed = t.remove(key)?.is_some();
-            if existed {
-                rec.del(key);
-            }
-            Ok(existed)
-        })
+        self.write(|t| t.del(key))
     }
 
     pub fn cas(&self, key: &[u8], expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool> {
-        self.write(|t, rec| {
-            let matches = {
-                let current = t.get(key)?;
-                current.as_ref().map(|g| g.value()) == expected
-            };
-            if !matches {
+        self.write(|t| {
+            if !t.with_current(key, |cur| cur == expected)? {
                 return Ok(false);
             }
             match new {
-                Some(v) => {
-                    t.insert(key, v)?;
-                    rec.put(key, v);
-                }
+                Some(v) => t.put(key, v),
                 None => {
-                    if t.remove(key)?.is_some() {
-                        rec.del(key);
-                    }
+                    t.del(key)?;
                 }
             }
             Ok(true)
@@ -551,14 +889,11 @@ impl Store {
         deletes: &[K],
         checks: &[(K, Option<K>)],
     ) -> Result<()> {
-        self.write(|t, rec| {
+        self.write(|t| {
             for (key, expected) in checks {
                 let key = key.as_ref();
-                let ok = {
-                    let current = t.get(key)?;
-                    current.as_ref().map(|g| g.value()) == expected.as_ref().map(|e| e.as_ref())
-                };
-                if !ok {
+                let expected = expected.as_ref().map(|e| e.as_ref());
+                if !t.with_current(key, |cur| cur == expected)? {
                     return Err(Error::Conflict(format!(
                         "batch check failed for key {}",
                         bytes_repr(key)
@@ -566,15 +901,10 @@ impl Store {
                 }
             }
             for key in deletes {
-                let key = key.as_ref();
-                if t.remove(key)?.is_some() {
-                    rec.del(key);
-                }
+                t.del(key.as_ref())?;
             }
             for (key, value) in puts {
-                let (key, value) = (key.as_ref(), value.as_ref());
-                t.insert(key, value)?;
-                rec.put(key, value);
+                t.put(key.as_ref(), value.as_ref());
             }
             Ok(())
         })
@@ -582,12 +912,15 @@ impl Store {
 
     pub fn stats(&self) -> Stats {
         let w = lock(&self.writer);
+        let overlay_entries = rlock(&self.overlay).len() as u64;
         let c = &self.counters;
         Stats {
             wal_bytes: w.wal.len(),
             wal_fsyncs: w.wal.fsyncs,
             commits: c.commits.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            spills: c.spills.load(Ordering::Relaxed),
+            overlay_entries,
             replayed_records: c.replayed.load(Ordering::Relaxed),
             replay_skipped: c.replay_skipped.load(Ordering::Relaxed),
             replay_bytes: c.replay_bytes.load(Ordering::Relaxed),
