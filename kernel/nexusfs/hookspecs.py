@@ -97,6 +97,12 @@ class ServiceContext:
     a :class:`~nexusfs.abc.CacheStoreABC` or ``None`` (degrade gracefully). ``kernel``
     calls syscalls on the kernel (as the service's own subject). ``state_dir`` is a
     private directory that survives restarts.
+
+    ``set_hooks(pre=[...], post=[...])`` narrows or widens, at run time, the syscalls
+    this worker hooks (``None`` leaves a list unchanged), e.g. pre-hooks only while
+    deny rules exist, so unhooked syscalls pay nothing. It returns once the kernel
+    applies it (the next syscall sees it); call it from sync code (hooks and sync
+    methods run in threads).
     """
 
     name: str
@@ -107,6 +113,7 @@ class ServiceContext:
     cache_store: CacheStoreABC | None = None
     config: dict[str, Any] = field(default_factory=dict)
     emit: Callable[[str, dict[str, Any]], None] | None = None
+    set_hooks: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,8 +43,8 @@ import anyio
 import anyio.abc
 
 from nexusfs.bus import Connection, UnknownMethod, serve_unix
-from nexusfs.errors import NexusError, PermissionDenied, ServiceUnavailable
-from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.errors import InvalidPath, NexusError, PermissionDenied, ServiceUnavailable
+from nexusfs.hookspecs import HOOKABLE, SyscallEvent, SyscallOutcome
 from nexusfs.services._worker_handle import Policy, WorkerHandle
 from nexusfs.services.registry import ServiceEntry, installed_services
 from nexusfs.services.supervisor import STATES, Supervisor
@@ -352,6 +352,7 @@ class ServiceHost:
             w.idempotent = frozenset(info.get("idempotent") or ())
             handlers = dict(self.kernel_handlers(name, conn))
             handlers["host.ready"] = ready
+            handlers["host.hooks"] = hooks
             conn.handlers = handlers
             w.hello_event.set()
             return self._service_config(sup)
@@ -363,6 +364,23 @@ class ServiceHost:
                     w.ready.set()
                     return True
             raise PermissionDenied("no handshake in progress on this connection")
+
+        async def hooks(pre: list[str] | None = None, post: list[str] | None = None) -> bool:
+            """A worker changes which syscalls it hooks (``ServiceContext.set_hooks``)."""
+            for lst in (pre, post):
+                bad = sorted(set(lst or ()) - HOOKABLE - {"*"})
+                if bad:
+                    raise InvalidPath(f"not hookable syscalls: {bad}")
+            for sup in self._sups.values():
+                for w in (sup.current, *self._tokens.values()):
+                    if w is not None and w.conn is conn:
+                        if pre is not None:
+                            w.hello["pre_hooks"] = list(pre)
+                        if post is not None:
+                            w.hello["post_hooks"] = list(post)
+                        self._reindex(sup)
+                        return True
+            raise PermissionDenied("no service worker on this connection")
 
         return {"host.hello": hello}
 

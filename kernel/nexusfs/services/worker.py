@@ -172,11 +172,16 @@ class Worker:
         def emit(event: str, data: dict[str, Any]) -> None:
             log.info("emit %s %s", event, data)
 
+        kernel = KernelClient(conn)
+
+        def set_hooks(pre: list[str] | None = None, post: list[str] | None = None) -> None:
+            kernel._call("host.hooks", pre=pre, post=post)
+
         return ServiceContext(
             name=self.name, state_dir=self.state_dir,
             log=logging.getLogger(f"nexusfs.service.{self.name}"),
-            kernel=KernelClient(conn), record_store=record_store, cache_store=None,
-            config=config, emit=emit,
+            kernel=kernel, record_store=record_store, cache_store=None,
+            config=config, emit=emit, set_hooks=set_hooks,
         )
 
     def _methods(self, ctx: ServiceContext) -> dict[str, Callable[..., Any]]:

@@ -93,7 +93,19 @@ class HooksPlugin:
         create_schema(store)
         refresh_ms = float(ctx.config.get("rules_refresh_ms", DEFAULT_REFRESH_MS))
         self.events = EventLog(store.session_factory)
-        self.rules = HookEngine(store.session_factory, refresh_interval=refresh_ms / 1000.0)
+        set_hooks = ctx.set_hooks
+
+        def on_deny_ops(ops: frozenset[str]) -> None:
+            # Pre-hook only the syscalls some deny rule applies to: without deny rules,
+            # syscalls do not wait for this service at all (post-hooks are queued).
+            if set_hooks is not None:
+                set_hooks(pre=["*"] if "*" in ops else sorted(ops))
+
+        self.rules = HookEngine(
+            store.session_factory, refresh_interval=refresh_ms / 1000.0, on_deny_ops=on_deny_ops
+        )
+        self.rules.invalidate()
+        self.rules.refresh()
 
     @hookimpl
     def nexus_service_methods(self, ctx: ServiceContext) -> dict[str, Callable[..., Any]]:

@@ -187,8 +187,11 @@ class HookEngine:
         *,
         refresh_interval: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        on_deny_ops: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._sessions = session_factory
+        self._on_deny_ops = on_deny_ops
+        self._reported: frozenset[str] | None = None
         self.refresh_interval = refresh_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -215,6 +218,7 @@ class HookEngine:
             session.flush()
             out = _rule_to_dict(rule)
         self.invalidate()
+        self.refresh()  # reload now, so the kernel hooks what the new rule needs
         return out
 
     def list_rules(self) -> list[dict[str, Any]]:
@@ -234,6 +238,7 @@ class HookEngine:
             session.delete(rule)
             _bump_version(session)
         self.invalidate()
+        self.refresh()
         return True
 
     # ------------------------------------------------------------- evaluation
@@ -243,7 +248,21 @@ class HookEngine:
         with self._lock:
             self._checked_at = -float("inf")
 
-    def _refresh(self) -> None:
+    def deny_ops(self) -> frozenset[str]:
+        """The syscalls some deny rule applies to (``"*"`` = all), as of the last
+        refresh: exactly the ones the service must pre-hook."""
+        return frozenset(r.op for r in self._deny)
+
+    def refresh(self) -> None:
+        """Reload the rules if their version changed (at most every
+        ``refresh_interval``) and report a changed set of deny operations."""
+        self._reload()
+        ops = self.deny_ops()
+        if self._on_deny_ops is not None and ops != self._reported:
+            self._on_deny_ops(ops)
+            self._reported = ops
+
+    def _reload(self) -> None:
         now = self._clock()
         with self._lock:
             if now - self._checked_at < self.refresh_interval:
@@ -268,7 +287,7 @@ class HookEngine:
 
         Database errors propagate (the pre-hook then fails the syscall with
         ``ServiceUnavailable``: rules are never silently skipped)."""
-        self._refresh()
+        self.refresh()
         for rule in self._deny:
             if rule.matches(op, path, dst):
                 return rule
@@ -276,7 +295,7 @@ class HookEngine:
 
     def matching_emits(self, op: str, path: str, dst: str | None = None) -> list[CompiledRule]:
         """Every ``emit`` rule matching the syscall, by id."""
-        self._refresh()
+        self.refresh()
         return [rule for rule in self._emit if rule.matches(op, path, dst)]
 
     @property
