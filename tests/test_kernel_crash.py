@@ -41,7 +41,7 @@ import blake3
 import pytest
 
 import nexusfs
-from conftest import native_available
+from kernel_testkit import native_available
 
 # The inline limit of the spec (16 KiB): files up to it live in the metastore, larger
 # ones in the object store. Each kernel made here is checked to use it.

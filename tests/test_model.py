@@ -66,7 +66,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import make_fs, native_available
+from kernel_testkit import make_fs, native_available
 from nexusfs.errors import (
     AlreadyExists,
     DirectoryNotEmpty,

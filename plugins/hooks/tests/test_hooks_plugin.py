@@ -9,7 +9,7 @@ from typing import Any
 
 import pluggy
 import pytest
-from conftest import Service, ev, start_service
+from hooks_testkit import Service, ev, start_service
 
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 from nexusfs.errors import InvalidPath, ServiceUnavailable
