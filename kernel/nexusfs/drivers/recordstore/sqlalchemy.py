@@ -24,6 +24,7 @@ Connections must not cross ``fork()``: open the store in the process that uses i
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -98,7 +99,9 @@ class SQLAlchemyRecordStore(RecordStoreABC):
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError) as exc:
-            raise ServiceUnavailable(f"malformed record store URL {url!r}: {exc}") from exc
+            masked = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+            raise ServiceUnavailable(f"malformed record store URL {masked!r}: {exc}") from exc
+        shown = parsed.render_as_string(hide_password=True)  # never echo a password
         self._sqlite = parsed.get_backend_name() == "sqlite"
         options: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self._sqlite}
         if self._sqlite:
@@ -108,7 +111,7 @@ class SQLAlchemyRecordStore(RecordStoreABC):
                     db_file.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ServiceUnavailable(
-                        f"cannot create the directory of record store {url!r}: {exc}"
+                        f"cannot create the directory of record store {shown!r}: {exc}"
                     ) from exc
         elif parsed.get_backend_name() == "postgresql":
             options["connect_args"] = {"connect_timeout": connect_timeout}
@@ -117,7 +120,7 @@ class SQLAlchemyRecordStore(RecordStoreABC):
             engine = create_engine(parsed, **options)
         except (ArgumentError, NoSuchModuleError, ImportError, TypeError) as exc:
             raise ServiceUnavailable(
-                f"cannot use record store URL {url!r} (unknown dialect or driver not "
+                f"cannot use record store URL {shown!r} (unknown dialect or driver not "
                 f"installed): {exc}"
             ) from exc
         if self._sqlite:
