@@ -172,3 +172,45 @@ def test_service_commands_without_a_kernel_process_fail_clearly(tmp_path: Path) 
     out = nexus(data, "service", "list")
     assert out.returncode == 1
     assert "nexus up" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_watch_streams_syscalls_and_emitted_events(kernel: Path) -> None:
+    with nexusfs.connect(data_dir=kernel, subject="user:bob") as nx:
+        nx.call("hooks.add_rule", op="write", glob="/w/**", action="emit", message="changed")
+        got: list[dict[str, object]] = []
+        ready = threading.Event()
+
+        def consume() -> None:
+            stream = nx.watch("/w", timeout=5)
+            ready.set()
+            for event in stream:
+                got.append(event)
+                kinds = {(e["kind"], e.get("op") or e.get("name")) for e in got}
+                if {("syscall", "write"), ("emit", "changed"), ("syscall", "rename")} <= kinds:
+                    return
+
+        t = threading.Thread(target=consume)
+        t.start()
+        assert ready.wait(10)
+        time.sleep(0.3)  # let the subscription reach the kernel
+        nx.write("/elsewhere/f", b"not watched")
+        nx.write("/w/f", b"watched")
+        nx.write("/outside2", b"x")
+        nx.rename("/outside2", "/w/moved-in")
+        t.join(20)
+        assert not t.is_alive(), got
+        paths = {(e["kind"], e["path"]) for e in got}
+        assert ("syscall", "/w/f") in paths
+        assert all("/elsewhere" not in str(e["path"]) for e in got)
+        (moved,) = [e for e in got if e.get("op") == "rename"]
+        assert moved["dst"] == "/w/moved-in" and moved["subject"] == "user:bob"
+        emitted = next(e for e in got if e["kind"] == "emit")
+        assert emitted["name"] == "changed" and emitted["path"] == "/w/f"
+
+
+def test_watch_needs_the_kernel_process(tmp_path: Path) -> None:
+    with (
+        nexusfs.connect(data_dir=tmp_path / "embedded") as nx,
+        pytest.raises(nexusfs.ServiceUnavailable),
+    ):
+        next(iter(nx.watch("/")))

@@ -210,6 +210,35 @@ class RemoteNexusFS:
         """Call an installed service through the kernel."""
         return self._call(method, **kwargs)
 
+    def watch(self, path: str = "/", *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield events on ``path`` and below as they happen: every finished syscall
+        (``kind="syscall"``: op, path, dst, subject, ok, error_code, revision, seq) and
+        every event a service emits about such a path (``kind="emit"``). Uses its own
+        connection; ends when the generator is closed, or after ``timeout`` seconds
+        without an event. Delivery is at most once (a consumer that falls far behind
+        misses events; use the audit log for a complete history)."""
+        import queue
+
+        from nexusfs.bus import BlockingClient
+
+        events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+        def on_notify(method: str, args: dict[str, Any]) -> None:
+            if method == "watch.event":
+                events.put(args["event"])
+
+        client = BlockingClient(self.socket_path, timeout=60.0, on_notify=on_notify)
+        try:
+            client.request("kernel.hello", {"subject": self.subject})
+            client.request("fs.watch", {"path": path})
+            while True:
+                try:
+                    yield events.get(timeout=timeout)
+                except queue.Empty:
+                    return
+        finally:
+            client.close()
+
 
 class _RemoteReader(io.RawIOBase):
     def __init__(self, fs: RemoteNexusFS, handle: int, path: str) -> None:

@@ -137,20 +137,38 @@ async def _serve(fs: Any, data_dir: Path) -> None:
     async with anyio.create_task_group() as tg:
 
         def open_session(conn: Connection, session: Session) -> dict[str, Any]:
+            send, recv = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](10_000)
+
+            def notify(method: str, args: dict[str, Any]) -> None:
+                # At most once: a client too slow to take its events misses some.
+                with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+                    send.send_nowait((method, args))
+
+            async def pump() -> None:
+                async with recv:
+                    async for method, args in recv:
+                        with contextlib.suppress(NexusError):
+                            await conn.notify(method, **args)
+
             async def cleanup() -> None:
                 await conn.wait_closed()
                 session.close()
+                send.close()
 
+            session._notify = notify
+            tg.start_soon(pump)
             tg.start_soon(cleanup)
             return session.handlers()
 
         def service_handlers(name: str, conn: Connection) -> dict[str, Any]:
-            # Syscalls made by services are not hooked: no re-entrant hook loops.
-            session = Session(fs, stop.set, info, subject=f"service:{name}")
+            # Syscalls made by services are not hooked (no re-entrant hook loops); what
+            # they emit goes to the kernel's watchers.
+            session = Session(fs, stop.set, info, subject=f"service:{name}", events=pipeline)
             return open_session(conn, session)
 
+        pipeline = Pipeline()
         host = _service_host(data_dir, service_handlers)
-        pipeline = Pipeline(host)
+        pipeline.host = host
         if host is not None:
             await tg.start(host.run)
             await _services_settled(host)

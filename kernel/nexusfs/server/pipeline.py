@@ -49,6 +49,36 @@ class Pipeline:
     def __init__(self, host: HookHost | None = None) -> None:
         self.host = host
         self._last_seq = 0
+        self._watchers: dict[int, tuple[str, Callable[[dict[str, Any]], None]]] = {}
+        self._watch_ids = 0
+
+    # -- watchers (nx.watch) -----------------------------------------------------------
+
+    def watch(self, prefix: str, deliver: Callable[[dict[str, Any]], None]) -> int:
+        """Call ``deliver(event_dict)`` for every finished syscall on ``prefix`` or below
+        (and every service-emitted event about such a path) until :meth:`unwatch`.
+        ``deliver`` must not block."""
+        prefix = paths.normalize(prefix)
+        self._watch_ids += 1
+        self._watchers[self._watch_ids] = (prefix, deliver)
+        return self._watch_ids
+
+    def unwatch(self, watch_id: int) -> None:
+        self._watchers.pop(watch_id, None)
+
+    def publish(
+        self, kind: str, path: str | None, data: dict[str, Any], dst: str | None = None
+    ) -> None:
+        """Deliver an event once to each watcher whose prefix covers ``path`` or
+        ``dst`` (the destination of a rename or copy)."""
+        if not self._watchers:
+            return
+        event = {"kind": kind, "path": path, "dst": dst, **data}
+        for prefix, deliver in list(self._watchers.values()):
+            if (path is not None and paths.is_within(path, prefix)) or (
+                dst is not None and paths.is_within(dst, prefix)
+            ):
+                deliver(event)
 
     def next_seq(self) -> int:
         seq = max(self._last_seq + 1, time.time_ns() // 1000)
@@ -57,6 +87,8 @@ class Pipeline:
 
     def hooked(self, op: str) -> bool:
         host = self.host
+        if self._watchers:
+            return True
         return host is not None and (host.has_pre_hooks(op) or host.has_post_hooks(op))
 
     async def run(
@@ -72,7 +104,9 @@ class Pipeline:
     ) -> T:
         """Run ``fn`` as syscall ``op`` on ``path`` through the hooks."""
         host = self.host
-        if host is None or not (host.has_pre_hooks(op) or host.has_post_hooks(op)):
+        if not self._watchers and (
+            host is None or not (host.has_pre_hooks(op) or host.has_post_hooks(op))
+        ):
             return await anyio.to_thread.run_sync(fn) if threaded else fn()
         event = self.event(op, path, subject=subject, dst=dst, args=args)
         await self._pre_hooks(event)
@@ -90,8 +124,7 @@ class Pipeline:
     async def pre(self, op: str, path: str, **kw: Any) -> SyscallEvent | None:
         """Run the pre-hooks of a syscall that completes later (streaming handles);
         returns the event to pass to :meth:`finish`, or ``None`` if nothing hooks it."""
-        host = self.host
-        if host is None or not self.hooked(op):
+        if not self.hooked(op):
             return None
         event = self.event(op, path, **kw)
         await self._pre_hooks(event)
@@ -110,10 +143,19 @@ class Pipeline:
             raise
 
     def finish(self, event: SyscallEvent | None, outcome: SyscallOutcome) -> None:
-        """Queue the post-hooks of ``event`` (no-op for ``None``)."""
+        """Queue the post-hooks of ``event`` and tell watchers (no-op for ``None``)."""
+        if event is None:
+            return
         host = self.host
-        if event is not None and host is not None and host.has_post_hooks(event.op):
+        if host is not None and host.has_post_hooks(event.op):
             host.post_syscall(event, outcome)
+        if self._watchers:
+            data = {
+                "op": event.op, "subject": event.subject, "time": event.time,
+                "seq": event.seq, "ok": outcome.ok, "error_code": outcome.error_code,
+                "revision": outcome.revision,
+            }  # fmt: skip
+            self.publish("syscall", event.path, data, event.dst)
 
     def event(
         self,

@@ -89,9 +89,16 @@ class Session:
         pipeline: Pipeline | None = None,
         services: ServiceRouter | None = None,
         subject: str | None = None,
+        events: Pipeline | None = None,
+        notify: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.fs = fs
         self.pipeline = pipeline or Pipeline()
+        # Where watch subscriptions and service-emitted events go (the kernel's
+        # pipeline, also for service sessions whose own syscalls are not hooked).
+        self.events = events or self.pipeline
+        self._notify = notify
+        self._watches: set[int] = set()
         self.services = services
         self.subject = subject
         self._on_shutdown = on_shutdown
@@ -108,6 +115,9 @@ class Session:
             "kernel.status": self.status,
             "kernel.shutdown": self.shutdown,
             "kernel.hello": self.hello,
+            "kernel.emit": self.emit,
+            "fs.watch": self.watch,
+            "fs.unwatch": self.unwatch,
             "fs.write": self.write,
             "fs.read": self.read,
             "fs.stat": lambda path: run("stat", path, lambda: wire.meta_to_wire(fs.stat(path))),
@@ -156,6 +166,33 @@ class Session:
         """A client introduces itself (trusted local mode: the subject it acts as)."""
         self.subject = subject
         return {"version": self._info.get("version"), "protocol": 1}
+
+    # -- events ------------------------------------------------------------------------
+
+    def watch(self, path: str) -> int:
+        """Stream events on ``path`` and below to this connection as ``watch.event``
+        notifications (one-way frames; a slow client may miss some: at most once).
+        Returns the watch id for ``fs.unwatch``."""
+        if self._notify is None:
+            from nexusfs.errors import ServiceUnavailable
+
+            raise ServiceUnavailable("this connection cannot receive notifications")
+        deliver = _WatchDelivery(self._notify)
+        deliver.watch_id = self.events.watch(path, deliver)
+        self._watches.add(deliver.watch_id)
+        return deliver.watch_id
+
+    def unwatch(self, watch: int) -> bool:
+        if watch not in self._watches:
+            return False
+        self._watches.discard(watch)
+        self.events.unwatch(watch)
+        return True
+
+    def emit(self, name: str, data: dict[str, Any]) -> None:
+        """A service emits a named event (e.g. a hook rule's ``emit`` action); watchers
+        of its ``path`` receive it."""
+        self.events.publish("emit", data.get("path"), {"name": name, "data": data})
 
     # -- kernel ------------------------------------------------------------------------
 
@@ -278,13 +315,27 @@ class Session:
         _discard(f)
 
     def close(self) -> None:
-        """The connection ended: drop every handle without committing."""
+        """The connection ended: drop every handle without committing, end watches."""
+        for wid in list(self._watches):
+            self.events.unwatch(wid)
+        self._watches.clear()
         handles, self._handles = self._handles, {}
         for f in handles.values():
             try:
                 _discard(f)
             except Exception:
                 log.exception("discarding a handle of a closed session failed")
+
+
+class _WatchDelivery:
+    """Sends one watch's events to its client as ``watch.event`` notifications."""
+
+    def __init__(self, notify: Callable[[str, dict[str, Any]], None]) -> None:
+        self.notify = notify
+        self.watch_id = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.notify("watch.event", {"watch": self.watch_id, "event": event})
 
 
 def _discard(f: IO[bytes]) -> None:

@@ -169,10 +169,15 @@ class Worker:
         if "record_store" in self.info.needs and url:
             record_store = open_record_store(str(url))
 
-        def emit(event: str, data: dict[str, Any]) -> None:
-            log.info("emit %s %s", event, data)
-
         kernel = KernelClient(conn)
+
+        def emit(event: str, data: dict[str, Any]) -> None:
+            # To the kernel's watchers (nx.watch); logged here too for the record.
+            log.info("emit %s %s", event, data)
+            try:
+                kernel._call("kernel.emit", name=event, data=data)
+            except NexusError as exc:
+                log.warning("emit %s not delivered: %s", event, exc)
 
         def set_hooks(pre: list[str] | None = None, post: list[str] | None = None) -> None:
             kernel._call("host.hooks", pre=pre, post=post)

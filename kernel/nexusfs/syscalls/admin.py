@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,13 @@ class AdminOps(KernelCore):
                         if not dry_run:
                             store.delete(cid)
         return GCReport(scanned, reclaimed, nbytes, kept_ref, kept_young)
+
+    def watch(self, path: str = "/", *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Stream events under ``path``. Events come from the kernel process's syscall
+        pipeline, so embedded mode raises ``ServiceUnavailable`` (run ``nexus up``)."""
+        from nexusfs.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("watch needs the kernel process (nexus up)")
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
         """Call an installed service. No service host runs in embedded mode yet, so
