@@ -30,7 +30,6 @@ Failure semantics (also in each method's docstring):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import tempfile
@@ -330,7 +329,8 @@ class ServiceHost:
             ev["seq"] = self._event_seq
         else:
             self._event_seq = max(self._event_seq, ev["seq"])
-        out = dataclasses.asdict(outcome)
+        out = {"ok": outcome.ok, "error_code": outcome.error_code, "message": outcome.message,
+               "revision": outcome.revision, "result": outcome.result}  # fmt: skip
         for sup in sups:
             sup.outbox.append(ev, out)
 

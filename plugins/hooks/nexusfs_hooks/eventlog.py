@@ -196,15 +196,6 @@ class EventLog:
                     known[ks] = seq
         return known
 
-    def logged_kernel_seqs(self, kernel_seqs: Iterable[int]) -> set[int]:
-        """Which of these kernel sequence numbers are already logged (one query)."""
-        wanted = [k for k in kernel_seqs if k]
-        if not wanted:
-            return set()
-        with self._sessions() as session:
-            stmt = select(AuditEvent.kernel_seq).where(AuditEvent.kernel_seq.in_(wanted))
-            return {int(k) for k in session.scalars(stmt) if k is not None}
-
     def contains_kernel_seq(self, kernel_seq: int) -> bool:
         """Whether an event with this kernel sequence number is already logged."""
         with self._sessions() as session:

@@ -148,20 +148,18 @@ class HooksPlugin:
     def nexus_post_syscall_batch(
         self, ctx: ServiceContext, batch: list[tuple[SyscallEvent, SyscallOutcome]]
     ) -> bool:
-        """Log a delivery batch in one transaction (one fsync for the batch). Emit rules
-        run first for events not logged yet, as in the per-event hook."""
+        """Log a delivery batch in one transaction (one fsync for the batch), then run
+        the emit rules of the events that were new (a redelivered batch emits nothing
+        twice; a crash between the commit and the emits loses those emits: at most
+        once)."""
         events, rules = self._require()
-        logged = _retry(lambda: events.logged_kernel_seqs(e.seq for e, _o in batch))
-        fresh = [(e, o) for e, o in batch if not (e.seq > 0 and e.seq in logged)]
+        results = _retry(lambda: events.record_many([_record(e, o) for e, o in batch]))
         if ctx.emit is not None:
-            for event, outcome in fresh:
-                if outcome.ok:
+            for (event, outcome), (_seq, new) in zip(batch, results, strict=True):
+                if new and outcome.ok:
                     for rule in rules.matching_emits(event.op, event.path, event.dst):
                         ctx.emit(rule.message or DEFAULT_EMIT_EVENT,
                                  _emit_payload(rule.id, event))  # fmt: skip
-        records = [_record(e, o) for e, o in fresh]
-        if records:
-            _retry(lambda: events.append_many(records))
         return True
 
     @hookimpl
