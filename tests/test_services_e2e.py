@@ -214,3 +214,59 @@ def test_watch_needs_the_kernel_process(tmp_path: Path) -> None:
         pytest.raises(nexusfs.ServiceUnavailable),
     ):
         next(iter(nx.watch("/")))
+
+
+PLUGIN_SRC = """
+from nexusfs.hookspecs import ServiceInfo, hookimpl
+
+
+class Plugin:
+    @hookimpl
+    def nexus_service_info(self):
+        return ServiceInfo(name="nxinstallable", version="{version}", post_hooks=("write",))
+
+    @hookimpl
+    def nexus_service_methods(self, ctx):
+        return {{"version": lambda: "{version}"}}
+
+
+plugin = Plugin()
+"""
+
+
+def _make_package(root: Path, version: str) -> Path:
+    pkg = root / f"nxinstallable-{version}"
+    (pkg / "nxinstallable").mkdir(parents=True)
+    (pkg / "nxinstallable" / "__init__.py").write_text(PLUGIN_SRC.format(version=version))
+    (pkg / "pyproject.toml").write_text(
+        "[build-system]\nrequires = ['setuptools>=64']\nbuild-backend = 'setuptools.build_meta'\n"
+        f"[project]\nname = 'nxinstallable'\nversion = '{version}'\n"
+        "[project.entry-points.'nexusfs.services']\nnxinstallable = 'nxinstallable:plugin'\n"
+    )
+    return pkg
+
+
+def test_plugins_install_upgrade_uninstall_like_os_packages(kernel: Path, tmp_path: Path) -> None:
+    """`nexus plugins install PATH` installs a service package into the kernel's
+    environment with pip and starts it; installing a newer version and restarting that
+    one service runs the new code without restarting the kernel; uninstall removes it."""
+    v1, v2 = _make_package(tmp_path, "1.0"), _make_package(tmp_path, "2.0")
+    try:
+        out = nexus(kernel, "plugins", "install", str(v1))
+        assert out.returncode == 0, out.stderr
+        assert "nxinstallable" in out.stdout
+        with nexusfs.connect(data_dir=kernel) as nx:
+            kernel_pid = nx.status()["pid"]  # type: ignore[attr-defined]
+            assert nx.call("nxinstallable.version") == "1.0"
+            out = nexus(kernel, "plugins", "install", str(v2))
+            assert out.returncode == 0, out.stderr
+            assert nexus(kernel, "service", "restart", "nxinstallable").returncode == 0
+            assert nx.call("nxinstallable.version") == "2.0"
+            assert nx.status()["pid"] == kernel_pid  # type: ignore[attr-defined]
+        listed = nexus(kernel, "plugins", "list", "--json").stdout
+        assert '"nxinstallable"' in listed and '"2.0"' in listed
+    finally:
+        out = nexus(kernel, "plugins", "uninstall", "nxinstallable")
+    assert out.returncode == 0, out.stderr
+    assert "nxinstallable" not in installed_services()
+    assert '"nxinstallable"' not in nexus(kernel, "plugins", "list", "--json").stdout

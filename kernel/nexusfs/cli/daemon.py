@@ -13,6 +13,7 @@ import time
 import click
 
 from nexusfs.cli.runtime import settings
+from nexusfs.errors import NexusError
 
 __all__ = ["COMMANDS"]
 
@@ -57,6 +58,10 @@ def status_cmd(as_json: bool) -> None:
         raise click.exceptions.Exit(3)
     with RemoteNexusFS(state["socket"]) as fs:
         info = {"running": True, **fs.status()}
+        try:
+            info["services"] = fs.call("services.list")
+        except NexusError:  # services switched off (NEXUS_SERVICES="")
+            info["services"] = []
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -67,6 +72,15 @@ def status_cmd(as_json: bool) -> None:
         f"  data dir  {info['data_dir']}\n  socket    unix://{info['socket']}\n"
         f"  revision  {info['revision']}, mounts {info['mounts']}"
     )
+    for svc in info["services"]:
+        line = f"  service   {svc['name']} {svc['version'] or ''}: {svc['state']}"
+        if svc.get("pid"):
+            line += f" (pid {svc['pid']}, {svc['restarts']} restarts)"
+        click.echo(line)
+        if svc.get("last_error"):
+            click.echo("    last crash:")
+            for text in str(svc["last_error"]).rstrip().splitlines()[-12:]:
+                click.echo(f"      {text}")
 
 
 COMMANDS = (up_cmd, down_cmd, status_cmd)
