@@ -4,7 +4,10 @@
 //! write-ahead log (see `store.rs` and `wal.rs` for the on-disk invariants).
 
 mod errors;
+mod locks;
 mod metastore;
+mod overlay;
+mod read;
 mod store;
 mod wal;
 

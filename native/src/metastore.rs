@@ -14,7 +14,8 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::Error;
-use crate::store::{ScanArgs, Store, SPILL_BYTES, SPILL_ENTRIES};
+use crate::read::ScanArgs;
+use crate::store::{Store, SPILL_BYTES, SPILL_ENTRIES};
 
 /// An ordered, durable key-value store on one redb file plus a write-ahead log.
 ///

@@ -27,23 +27,20 @@
 //!   alone. `close` takes `writer`, then `spill`, then `db` for writing, so no reader or
 //!   writer is inside redb when the database is dropped.
 
-use std::cmp::Ordering as Cmp;
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadableTable, TableDefinition};
 
 use crate::errors::{bytes_repr, Error, Result};
+use crate::locks::{lock, rlock, wlock};
+use crate::overlay::{apply_map, Map, Overlay};
 use crate::wal::{self, RecordBuf, Wal};
 
-const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("nexusfs_meta");
 const META_WAL_SEQ: &str = "wal_seq";
 /// Checkpoint inline once the log grows past this many bytes.
@@ -57,100 +54,7 @@ const SPILL_HARD_FACTOR: usize = 4;
 /// Approximate per-entry memory of the overlay beyond key and value bytes.
 const ENTRY_OVERHEAD: usize = 64;
 
-type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
-type Map = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
-/// Overlay rows of a scan: `(key, Some(value) | None (tombstone))`.
-type Rows = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Recent commits not yet written into redb.
-#[derive(Default)]
-struct Overlay {
-    /// Written by commits (under `writer` and the overlay write lock).
-    active: Map,
-    /// Approximate bytes of `active` (a spill trigger, not an exact figure).
-    active_bytes: usize,
-    /// An immutable layer being written into redb by a spill; shadowed by `active`.
-    frozen: Option<Arc<Map>>,
-}
-
-impl Overlay {
-    fn is_empty(&self) -> bool {
-        self.active.is_empty() && self.frozen.is_none()
-    }
-
-    fn len(&self) -> usize {
-        self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len())
-    }
-
-    /// `Some(Some(v))`: the overlay holds `v`; `Some(None)`: deleted; `None`: ask redb.
-    fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        if let Some(v) = self.active.get(key) {
-            return Some(v.as_deref());
-        }
-        self.frozen.as_ref()?.get(key).map(|v| v.as_deref())
-    }
-
-    /// The merged overlay rows in `(lo, hi)`, ascending, tombstones included, stopping
-    /// after `limit` live rows (a scan can never need more of them).
-    fn range(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, limit: usize, keys_only: bool) -> Rows {
-        let empty = Map::new();
-        let frozen = self.frozen.as_deref().unwrap_or(&empty);
-        let mut a = self.active.range::<[u8], _>((lo, hi)).peekable();
-        let mut f = frozen.range::<[u8], _>((lo, hi)).peekable();
-        let mut out = Vec::new();
-        let mut live = 0usize;
-        while live < limit {
-            let ord = match (a.peek(), f.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Cmp::Less,
-                (None, Some(_)) => Cmp::Greater,
-                (Some((ka, _)), Some((kf, _))) => ka.cmp(kf),
-            };
-            let next = match ord {
-                Cmp::Less => a.next(),
-                Cmp::Equal => {
-                    f.next();
-                    a.next()
-                }
-                Cmp::Greater => f.next(),
-            };
-            let Some((k, v)) = next else { break };
-            let v = v
-                .as_ref()
-                .map(|v| if keys_only { Vec::new() } else { v.clone() });
-            live += usize::from(v.is_some());
-            out.push((k.clone(), v));
-        }
-        out
-    }
-}
-
-/// Write `map` into `table`: puts and removes (tombstones).
-fn apply_map(table: &mut Table<'_, &'static [u8], &'static [u8]>, map: &Map) -> Result<()> {
-    for (k, v) in map {
-        match v {
-            Some(v) => {
-                table.insert(k.as_slice(), v.as_slice())?;
-            }
-            None => {
-                table.remove(k.as_slice())?;
-            }
-        }
-    }
-    Ok(())
-}
+pub(crate) type Snapshot = Arc<ReadOnlyTable<&'static [u8], &'static [u8]>>;
 
 struct Writer {
     wal: Wal,
@@ -204,10 +108,10 @@ pub struct Store {
     interval: Duration,
     spill_entries: usize,
     spill_bytes: usize,
-    db: RwLock<Option<Database>>,
-    overlay: RwLock<Overlay>,
-    snap: Mutex<Option<(u64, Snapshot)>>,
-    generation: AtomicU64,
+    pub(crate) db: RwLock<Option<Database>>,
+    pub(crate) overlay: RwLock<Overlay>,
+    pub(crate) snap: Mutex<Option<(u64, Snapshot)>>,
+    pub(crate) generation: AtomicU64,
     writer: Mutex<Writer>,
     /// Serialises redb write transactions (spills and checkpoints).
     spill: Mutex<()>,
@@ -268,28 +172,6 @@ impl Txn<'_> {
 enum After {
     Nothing,
     SpillInline,
-}
-
-/// Bounds of a scan, in the order they are applied.
-pub struct ScanArgs<'a> {
-    pub prefix: &'a [u8],
-    pub start: Option<&'a [u8]>,
-    pub end: Option<&'a [u8]>,
-    pub after: Option<&'a [u8]>,
-    pub limit: Option<usize>,
-    pub keys_only: bool,
-}
-
-/// Smallest key greater than every key starting with `prefix`, if any.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut s = prefix.to_vec();
-    while let Some(last) = s.pop() {
-        if last != 0xff {
-            s.push(last + 1);
-            return Some(s);
-        }
-    }
-    None
 }
 
 fn open_db(path: &Path, create: bool) -> Result<Database> {
@@ -614,163 +496,6 @@ impl Store {
     }
 
     // ------------------------------------------------------------------ reads
-
-    /// The cached redb read snapshot of the current generation. Call it under the overlay
-    /// read lock, so the snapshot is at least as new as the overlay state seen.
-    fn snapshot(&self, db: &Database) -> Result<Snapshot> {
-        let gen = self.generation.load(Ordering::Acquire);
-        if let Some((g, t)) = lock(&self.snap).as_ref() {
-            if *g == gen {
-                return Ok(Arc::clone(t));
-            }
-        }
-        let txn = db.begin_read()?;
-        let table = Arc::new(txn.open_table(DATA)?);
-        let mut slot = lock(&self.snap);
-        if self.generation.load(Ordering::Acquire) == gen {
-            *slot = Some((gen, Arc::clone(&table)));
-        }
-        Ok(table)
-    }
-
-    /// Run `f` on the overlay under its read lock, and take the matching redb snapshot.
-    fn read<R>(
-        &self,
-        f: impl FnOnce(&Overlay) -> R,
-    ) -> Result<(R, Snapshot, RwLockReadGuard<'_, Option<Database>>)> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let dbg = rlock(&self.db);
-        let db = dbg.as_ref().ok_or(Error::Closed)?;
-        let (r, snap) = {
-            let ov = rlock(&self.overlay);
-            let r = f(&ov);
-            (r, self.snapshot(db)?)
-        };
-        Ok((r, snap, dbg))
-    }
-
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let dbg = rlock(&self.db);
-        let db = dbg.as_ref().ok_or(Error::Closed)?;
-        let snap = {
-            let ov = rlock(&self.overlay);
-            if !ov.is_empty() {
-                if let Some(v) = ov.lookup(key) {
-                    return Ok(v.map(<[u8]>::to_vec));
-                }
-            }
-            self.snapshot(db)?
-        };
-        let got = snap.get(key)?;
-        Ok(got.map(|g| g.value().to_vec()))
-    }
-
-    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
-        let (found, snap, _db) = self.read(|ov| {
-            if ov.is_empty() {
-                return Vec::new();
-            }
-            keys.iter()
-                .map(|k| ov.lookup(k.as_ref()).map(|v| v.map(<[u8]>::to_vec)))
-                .collect::<Vec<_>>()
-        })?;
-        let mut found = found.into_iter();
-        keys.iter()
-            .map(|k| match found.next().flatten() {
-                Some(v) => Ok(v),
-                None => Ok(snap.get(k.as_ref())?.map(|g| g.value().to_vec())),
-            })
-            .collect()
-    }
-
-    pub fn scan(&self, a: &ScanArgs<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        // Lower bound: the greatest of prefix (incl.), start (incl.), after (excl.).
-        let mut lower: (&[u8], bool) = (a.prefix, false); // (key, exclusive)
-        if let Some(s) = a.start {
-            if s > lower.0 {
-                lower = (s, false);
-            }
-        }
-        if let Some(x) = a.after {
-            if x >= lower.0 {
-                lower = (x, true);
-            }
-        }
-        // Upper bound (exclusive): the least of end and the prefix successor.
-        let succ = if a.prefix.is_empty() {
-            None
-        } else {
-            prefix_successor(a.prefix)
-        };
-        let upper: Option<&[u8]> = match (a.end, succ.as_deref()) {
-            (Some(e), Some(s)) => Some(e.min(s)),
-            (Some(e), None) => Some(e),
-            (None, s) => s,
-        };
-        if let Some(u) = upper {
-            if lower.0 >= u {
-                return Ok(Vec::new());
-            }
-        }
-        let limit = a.limit.unwrap_or(usize::MAX);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let lo = if lower.1 {
-            Bound::Excluded(lower.0)
-        } else {
-            Bound::Included(lower.0)
-        };
-        let hi = match upper {
-            Some(u) => Bound::Excluded(u),
-            None => Bound::Unbounded,
-        };
-        let (rows, snap, _db) = self.read(|ov| {
-            if ov.is_empty() {
-                Vec::new()
-            } else {
-                ov.range(lo, hi, limit, a.keys_only)
-            }
-        })?;
-        // Merge: overlay rows win over redb rows with the same key; tombstones hide them.
-        let mut over = rows.into_iter().peekable();
-        let mut base = snap.range::<&[u8]>((lo, hi))?;
-        let mut next_base = base.next().transpose()?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let ord = match (over.peek(), &next_base) {
-                (None, None) => break,
-                (Some(_), None) => Cmp::Less,
-                (None, Some(_)) => Cmp::Greater,
-                (Some((ko, _)), Some((kb, _))) => ko.as_slice().cmp(kb.value()),
-            };
-            if ord != Cmp::Less {
-                let (k, v) = next_base.take().expect("base row");
-                next_base = base.next().transpose()?;
-                if ord == Cmp::Greater {
-                    let value = if a.keys_only {
-                        Vec::new()
-                    } else {
-                        v.value().to_vec()
-                    };
-                    out.push((k.value().to_vec(), value));
-                    continue;
-                }
-            }
-            let (k, v) = over.next().expect("overlay row");
-            if let Some(v) = v {
-                out.push((k, v));
-            }
-        }
-        Ok(out)
-    }
-
-    // ----------------------------------------------------------------- writes
 
     /// Run `f` as one commit: `f` validates against the merged view and records its
     /// effects in the [`Txn`]; if it recorded nothing, nothing is committed. Otherwise the
