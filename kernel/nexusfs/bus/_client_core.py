@@ -139,16 +139,20 @@ class ClientCore:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(want))
                 self._rcvtimeo = want
         try:
-            n = self._sock.recv_into(self._view[self._end:], 0,
-                                     0 if block else socket.MSG_DONTWAIT)
+            n = self._sock.recv_into(
+                self._view[self._end :], 0, 0 if block else socket.MSG_DONTWAIT
+            )
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
             self._fail(f"read failed: {exc!r}")
             raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
         if n == 0:
-            reason = ("truncated frame: server closed mid-frame" if self._end > self._start
-                      else "server closed the connection")
+            reason = (
+                "truncated frame: server closed mid-frame"
+                if self._end > self._start
+                else "server closed the connection"
+            )
             self._fail(reason)
             raise ServiceUnavailable(f"bus connection lost: {reason}")
         self._end += n
@@ -186,7 +190,8 @@ class ClientCore:
             (size,) = HEADER.unpack_from(buf, start)
             if size > limit:
                 raise FrameTooLarge(
-                    f"server announced a frame of {size} bytes; the limit is {limit}")
+                    f"server announced a frame of {size} bytes; the limit is {limit}"
+                )
             stop = start + 4 + size
             if stop > end:
                 break
@@ -211,15 +216,18 @@ class ClientCore:
                 slot.result = msg["r"]
             else:
                 x = msg.get("x")
-                slot.error = error_from_wire(msg["c"], msg["msg"], msg.get("p"),
-                                             x if isinstance(x, dict) else None)
+                slot.error = error_from_wire(
+                    msg["c"], msg["msg"], msg.get("p"), x if isinstance(x, dict) else None
+                )
             slot.done = True
         elif t == "note":
             if self._on_notify is not None:
                 self._notes.put((msg["m"], msg["a"]))
         elif t == "req":
-            err = error_message(msg["id"], UnknownMethod(
-                f"unknown method {msg['m']!r}: BlockingClient serves no requests"))
+            err = error_message(
+                msg["id"],
+                UnknownMethod(f"unknown method {msg['m']!r}: BlockingClient serves no requests"),
+            )
             with contextlib.suppress(NexusError):
                 self._send_msg(err)
 
@@ -278,4 +286,3 @@ class ClientCore:
                             self._cond.wait(0.05)
                     finally:
                         self._waiters -= 1
-

@@ -100,8 +100,7 @@ class AnyioEngine:
             except BaseException as exc:
                 # A partial frame may be on the wire: the stream cannot be used any more.
                 conn._shutdown(f"write failed: {type(exc).__name__}: {exc}")
-                if isinstance(exc, (OSError, anyio.BrokenResourceError,
-                                    anyio.ClosedResourceError)):
+                if isinstance(exc, (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)):
                     raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
                 raise
 

@@ -28,12 +28,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -46,6 +44,7 @@ from nexusfs.bus.protocol import (
     HEADER,
     DeadlineExceeded,
     FrameTooLarge,
+    resolve_deadline,
 )
 from nexusfs.errors import NexusError, ServiceUnavailable
 
@@ -149,8 +148,9 @@ class BlockingClient(ClientCore):
         rid = next(self._ids)
         self._pending[rid] = slot
         try:
-            self._send_msg({"t": "req", "id": rid, "m": method,
-                            "a": args if args is not None else {}, "d": d})
+            self._send_msg(
+                {"t": "req", "id": rid, "m": method, "a": args if args is not None else {}, "d": d}
+            )
         except BaseException:
             self._pending.pop(rid, None)
             raise
@@ -186,7 +186,8 @@ class BlockingClient(ClientCore):
                 rid = next(self._ids)
                 with self._send_lock:
                     body = self._packer.pack(
-                        {"t": "req", "id": rid, "m": method, "a": dict(args), "d": d})
+                        {"t": "req", "id": rid, "m": method, "a": dict(args), "d": d}
+                    )
                 self._check_size(len(body))
                 slot = Slot()
                 self._pending[rid] = slot
@@ -250,19 +251,13 @@ class BlockingClient(ClientCore):
     # -- sending ------------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None, deadline: float | None) -> float | None:
-        if timeout is None:
-            timeout = self.timeout
-        if timeout is not None:
-            t = time.time() + timeout
-            deadline = t if deadline is None else min(deadline, t)
-        if deadline is not None and not math.isfinite(deadline):
-            deadline = None
-        return deadline
+        return resolve_deadline(deadline, timeout, self.timeout)
 
     def _check_size(self, n: int) -> None:
         if n > self.max_frame_size:
             raise FrameTooLarge(
-                f"frame of {n} bytes exceeds the limit of {self.max_frame_size} bytes")
+                f"frame of {n} bytes exceeds the limit of {self.max_frame_size} bytes"
+            )
 
     def _send_msg(self, msg: dict[str, Any]) -> None:
         with self._send_lock:
@@ -272,7 +267,8 @@ class BlockingClient(ClientCore):
             n = len(body)
             if n > self.max_frame_size:
                 raise FrameTooLarge(
-                    f"frame of {n} bytes exceeds the limit of {self.max_frame_size} bytes")
+                    f"frame of {n} bytes exceeds the limit of {self.max_frame_size} bytes"
+                )
             try:
                 if n < 65536:
                     self._sock.sendall(HEADER.pack(n) + body)

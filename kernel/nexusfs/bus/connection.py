@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -48,6 +47,7 @@ from nexusfs.bus.protocol import (
     encode_frame,
     error_from_wire,
     error_message,
+    resolve_deadline,
 )
 from nexusfs.errors import NexusError, ServiceUnavailable
 
@@ -199,8 +199,7 @@ class Connection:
     async def notify(self, method: str, /, **args: Any) -> None:
         """Send a one-way notification; the peer's handler result and errors are not
         reported back. Raises :class:`ServiceUnavailable` if closed."""
-        await self._send(encode_frame({"t": "note", "m": method, "a": args},
-                                      self.max_frame_size))
+        await self._send(encode_frame({"t": "note", "m": method, "a": args}, self.max_frame_size))
 
     async def run(self) -> None:
         """Serve the connection until it closes (EOF, error, or :meth:`aclose`).
@@ -265,14 +264,7 @@ class Connection:
     # -- internals ----------------------------------------------------------------------
 
     def _deadline(self, deadline: float | None, timeout: float | None) -> float | None:
-        if timeout is None:
-            timeout = self.default_timeout
-        if timeout is not None:
-            t = time.time() + timeout
-            deadline = t if deadline is None else min(deadline, t)
-        if deadline is not None and not math.isfinite(deadline):
-            deadline = None
-        return deadline
+        return resolve_deadline(deadline, timeout, self.default_timeout)
 
     def _shutdown(self, reason: str) -> None:
         if self._closed:
@@ -307,7 +299,7 @@ class Connection:
             anyio.move_on_after(_CANCEL_SEND_TIMEOUT),
             contextlib.suppress(NexusError),
         ):
-                await self._send(encode_frame({"t": "cancel", "id": rid}))
+            await self._send(encode_frame({"t": "cancel", "id": rid}))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
@@ -319,8 +311,9 @@ class Connection:
                 w.result = msg["r"]
             else:
                 x = msg.get("x")
-                w.error = error_from_wire(msg["c"], msg["msg"], msg.get("p"),
-                                          x if isinstance(x, dict) else None)
+                w.error = error_from_wire(
+                    msg["c"], msg["msg"], msg.get("p"), x if isinstance(x, dict) else None
+                )
             w.done = True
             w.event.set()
             return

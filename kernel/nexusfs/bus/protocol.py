@@ -28,7 +28,9 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import struct
+import time
 from typing import Any, Final
 
 import msgpack
@@ -120,13 +122,39 @@ def error_from_wire(
 def error_message(rid: int, exc: BaseException) -> dict[str, Any]:
     """The ``err`` message carrying ``exc`` for request ``rid``."""
     if isinstance(exc, NexusError):
-        msg: dict[str, Any] = {"t": "err", "id": rid, "c": exc.code, "msg": exc.message,
-                               "p": exc.path}
+        msg: dict[str, Any] = {
+            "t": "err",
+            "id": rid,
+            "c": exc.code,
+            "msg": exc.message,
+            "p": exc.path,
+        }
         if isinstance(exc, Conflict) and (exc.expected is not None or exc.actual is not None):
             msg["x"] = {"expected": exc.expected, "actual": exc.actual}
         return msg
-    return {"t": "err", "id": rid, "c": InternalError.code,
-            "msg": f"{type(exc).__name__}: {exc}", "p": None}
+    return {
+        "t": "err",
+        "id": rid,
+        "c": InternalError.code,
+        "msg": f"{type(exc).__name__}: {exc}",
+        "p": None,
+    }
+
+
+def resolve_deadline(
+    deadline: float | None, timeout: float | None, default_timeout: float | None
+) -> float | None:
+    """The absolute deadline of a call: the earlier of ``deadline`` (``time.time()``)
+    and now + ``timeout`` (``default_timeout`` when ``None``); ``None`` means none.
+    A non-finite deadline counts as none."""
+    if timeout is None:
+        timeout = default_timeout
+    if timeout is not None:
+        t = time.time() + timeout
+        deadline = t if deadline is None else min(deadline, t)
+    if deadline is not None and not math.isfinite(deadline):
+        deadline = None
+    return deadline
 
 
 def _pack(obj: Any) -> bytes:

@@ -97,9 +97,7 @@ async def serve_unix(
     """
     sock_path = Path(path)
     _prepare_path(sock_path)
-    allowed = frozenset(allowed_uids) if allowed_uids is not None else frozenset(
-        {os.getuid(), 0}
-    )
+    allowed = frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.getuid(), 0})
     listener = await anyio.create_unix_listener(sock_path, mode=0o600)
     ident = os.stat(sock_path)
     try:
@@ -113,8 +111,14 @@ async def serve_unix(
                     await anyio.sleep(0.05)
                     continue
                 tg.start_soon(
-                    _serve_connection, stream, handler_factory, allowed, max_frame_size,
-                    default_timeout, str(sock_path), portable,
+                    _serve_connection,
+                    stream,
+                    handler_factory,
+                    allowed,
+                    max_frame_size,
+                    default_timeout,
+                    str(sock_path),
+                    portable,
                 )
     finally:
         with contextlib.suppress(OSError):
@@ -139,9 +143,14 @@ async def _serve_connection(
             log.warning("bus %s: rejected peer pid=%d uid=%d (not allowed)", name, pid, uid)
             await stream.aclose()
             return
-        conn = Connection(stream, None, max_frame_size=max_frame_size,
-                          default_timeout=default_timeout, name=f"{name}[pid {pid}]",
-                          portable=portable)
+        conn = Connection(
+            stream,
+            None,
+            max_frame_size=max_frame_size,
+            default_timeout=default_timeout,
+            name=f"{name}[pid {pid}]",
+            portable=portable,
+        )
         try:
             handlers = handler_factory(conn)
             if inspect.isawaitable(handlers):
@@ -174,7 +183,12 @@ async def connect_unix(
         stream = await anyio.connect_unix(os.fspath(path))
     except OSError as exc:
         raise ServiceUnavailable(f"cannot connect to bus at {path}: {exc}") from exc
-    async with Connection(stream, handlers, max_frame_size=max_frame_size,
-                          default_timeout=default_timeout, name=f"client {path}",
-                          portable=portable) as conn:
+    async with Connection(
+        stream,
+        handlers,
+        max_frame_size=max_frame_size,
+        default_timeout=default_timeout,
+        name=f"client {path}",
+        portable=portable,
+    ) as conn:
         yield conn

@@ -19,7 +19,7 @@ more than the restart takes).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -184,11 +184,3 @@ def outcome_of(result: Any) -> SyscallOutcome:
                     "content_id": result.content_id, "type": result.entry_type.name.lower()},
         )  # fmt: skip
     return SyscallOutcome(True)
-
-
-async def call_maybe_async(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call a sync or async callable."""
-    result = fn(**kwargs)
-    if isinstance(result, Awaitable):
-        return await result
-    return result

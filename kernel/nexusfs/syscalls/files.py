@@ -31,7 +31,7 @@ from nexusfs.metadata.store import (
 __all__ = ["FileOps"]
 
 
-from nexusfs.syscalls.core import KernelCore, _Pin, _Reclaimed, _Zone
+from nexusfs.syscalls.core import KernelCore, _Reclaimed, _Zone
 from nexusfs.vfs.files import open_file
 
 
@@ -191,10 +191,6 @@ class FileOps(KernelCore):
             )
         finally:
             pin.release()
-
-    def pin(self, key: tuple[str, str]) -> _Pin:
-        """Keep blob ``key`` = (store, content id) from being reclaimed while held."""
-        return _Pin(self, key)
 
     def open(self, path: str, mode: str = "rb", **kwargs: Any) -> IO[bytes]:
         """Open a streaming file object: ``"rb"`` (seekable reader of the version
