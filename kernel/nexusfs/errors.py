@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "ConfigError",
     "Conflict",
     "CorruptStore",
     "DirectoryNotEmpty",
@@ -142,6 +143,15 @@ class StoreClosed(NexusError, OSError):
     code = "store_closed"
 
 
+class ConfigError(NexusError, ValueError):
+    """The configuration is invalid: an unknown setting or driver, a malformed URL or
+    value, an unreadable or malformed config file or distro manifest. Raised at start-up,
+    before anything is opened; the message names the setting, where its value came from
+    and what is allowed."""
+
+    code = "config_error"
+
+
 _BY_CODE: dict[str, type[NexusError]] = {
     cls.code: cls
     for cls in (
@@ -159,6 +169,7 @@ _BY_CODE: dict[str, type[NexusError]] = {
         StoreLocked,
         CorruptStore,
         StoreClosed,
+        ConfigError,
     )
 }
 

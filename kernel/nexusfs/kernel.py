@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nexusfs.abc import Durability
 from nexusfs.api import FileSystem
@@ -32,7 +33,10 @@ from nexusfs.syscalls.admin import AdminOps, GCReport, ZoneInfo
 from nexusfs.syscalls.files import FileOps
 from nexusfs.syscalls.namespace import NamespaceOps
 
-__all__ = ["GCReport", "NexusFS", "ZoneInfo", "connect"]
+if TYPE_CHECKING:
+    from nexusfs.config import Settings
+
+__all__ = ["GCReport", "NexusFS", "ZoneInfo", "connect", "open_embedded"]
 
 
 class NexusFS(FileOps, NamespaceOps, AdminOps):
@@ -49,7 +53,7 @@ def connect(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     durability: Durability | str | None = None,
-    flush_interval: float = 1.0,
+    flush_interval: float | None = None,
     create: bool = True,
     subject: str | None = None,
     _embedded: bool = False,
@@ -62,12 +66,15 @@ def connect(
       process (never both: the kernel process holds the metastore's lock).
     * ``connect("unix:///path/kernel.sock")``: a kernel process at that socket.
 
-    Embedded: the directory is created if missing (``NotFound`` if not and
-    ``create=False``); durability from the argument, ``$NEXUS_DURABILITY``, or
-    ``deferred``. ``StoreLocked`` if another process has the directory open.
-    ``ServiceUnavailable`` if a socket does not answer; ``grpc://`` is not available yet.
-    ``subject`` names who acts in a kernel process (trusted local mode; default
-    ``user:<login name>``); embedded mode has no services, so it has no use there.
+    Embedded, the drivers come from the settings (:func:`nexusfs.config.load_settings`:
+    ``nexus.toml`` in the data directory, ``NEXUS_*`` variables, the distro);
+    ``durability`` and ``flush_interval`` given here win over them. The directory is
+    created if missing (``NotFound`` if not and ``create=False``), and the configured
+    object store is mounted at ``/`` the first time. ``ConfigError`` for bad settings,
+    ``StoreLocked`` if another process has the directory open, ``ServiceUnavailable``
+    if a socket does not answer; ``grpc://`` is not available yet. ``subject`` names
+    who acts in a kernel process (trusted local mode; default ``user:<login name>``);
+    embedded mode has no services, so it has no use there.
     """
     if target is not None:
         from nexusfs.errors import ServiceUnavailable
@@ -88,22 +95,35 @@ def connect(
             from nexusfs.client import RemoteNexusFS
 
             return RemoteNexusFS(state["socket"], subject=subject)
-    dur = Durability(durability or os.environ.get("NEXUS_DURABILITY") or "deferred")
+    from nexusfs.config import load_settings
+
+    settings = load_settings(
+        ddir, overrides={"durability": durability, "flush_interval": flush_interval}
+    )
+    return open_embedded(settings, create=create)
+
+
+def open_embedded(settings: Settings, *, create: bool = True) -> NexusFS:
+    """The kernel on ``settings`` in this process (what :func:`connect` does when no
+    kernel process owns the data directory). Raises as :func:`connect` does."""
+    from nexusfs.drivers import registry
+
+    ddir = settings.data_dir
     if not ddir.exists():
         if not create:
             raise NotFound("no NexusFS data directory", path=str(ddir))
         ddir.mkdir(parents=True)
-    from nexusfs.drivers.metastore.redb import RedbMetastore
-
-    metastore = RedbMetastore(
-        os.environ.get("NEXUS_METASTORE") or ddir / "metastore.redb",
-        durability=dur,
-        flush_interval_ms=0,
-    )
+    opener = registry.resolve("metastore", settings.metastore)
+    metastore = opener(settings.metastore, durability=settings.durability, flush_interval_ms=0)
     try:
-        fs = NexusFS(metastore, data_dir=ddir, durability=dur, flush_interval=flush_interval)
+        fs = NexusFS(
+            metastore,
+            data_dir=ddir,
+            durability=settings.durability,
+            flush_interval=settings.flush_interval,
+        )
         if fs._router.get("/") is None:
-            fs.mount("/", "local:objects")
+            fs.mount("/", settings.object_store)
     except BaseException:
         metastore.close()
         raise

@@ -22,17 +22,45 @@ __all__ = ["COMMANDS"]
 
 
 @click.command("init")
-def init_cmd() -> None:
-    """Create the data directory and its metastore (safe to run again)."""
+@click.option(
+    "--distro",
+    default=None,
+    help="Write a nexus.toml for this distro (nexus-embedded, nexus-server, nexus-cloud, "
+    "or a manifest file); see 'nexus distro list'.",
+)
+def init_cmd(distro: str | None) -> None:
+    """Create the data directory and its metastore (safe to run again).
+
+    With --distro, also write DATA_DIR/nexus.toml naming that distro, so 'nexus up'
+    boots its composition (drivers and services). An existing nexus.toml for another
+    distro is an error: edit it, or use a new data directory.
+    """
+    from nexusfs.config import CONFIG_FILE, ConfigError, load_settings, write_config
+
     cfg = settings()
-    existed = cfg.data_dir.is_dir() and cfg.metastore_path.exists()
+    existed = cfg.data_dir.is_dir() and (
+        cfg.metastore_path.exists() or (cfg.data_dir / CONFIG_FILE).exists()
+    )
+    if distro is not None:
+        from nexusfs.distro import load_distro
+
+        chosen = load_distro(distro)
+        current = load_settings(cfg.data_dir)
+        if (cfg.data_dir / CONFIG_FILE).exists() and current.distro not in (None, chosen.name):
+            raise ConfigError(
+                f"{cfg.data_dir / CONFIG_FILE} already names distro {current.distro!r}; "
+                "edit it or use a new data directory"
+            )
+        name = distro if distro.endswith(".toml") else chosen.name
+        write_config(cfg.data_dir, {"distro": name})
     with open_fs(cfg, create=True):
         pass
     where = cfg.data_dir.resolve()
+    suffix = f" (distro {distro})" if distro else ""
     if existed:
-        click.echo(f"NexusFS already initialized in {where}")
+        click.echo(f"NexusFS already initialized in {where}{suffix}")
     else:
-        click.echo(f"Initialized NexusFS in {where}")
+        click.echo(f"Initialized NexusFS in {where}{suffix}")
 
 
 @click.command("mount")

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from nexusfs import __version__
-from nexusfs.cli import admin, daemon, fileops, listing, services, transfer
+from nexusfs.cli import admin, config, daemon, fileops, listing, services, transfer
 from nexusfs.cli.runtime import (
     DEFAULT_DATA_DIR,
     EXIT_INTERRUPTED,
@@ -79,6 +79,7 @@ def cli(ctx: click.Context, data_dir: Path, durability: str | None) -> None:
 
 for _command in (
     *admin.COMMANDS,
+    *config.COMMANDS,
     *daemon.COMMANDS,
     *fileops.COMMANDS,
     *listing.COMMANDS,

@@ -20,16 +20,33 @@ __all__ = ["COMMANDS"]
 
 @click.command("up")
 @click.option("--foreground", is_flag=True, help="Run in this process until Ctrl-C.")
-def up_cmd(foreground: bool) -> None:
-    """Start the kernel process for the data directory (no-op if it runs)."""
+@click.option(
+    "--distro",
+    default=None,
+    help="Boot this distro's composition (drivers, services) instead of the one in "
+    "nexus.toml; see 'nexus distro list'.",
+)
+def up_cmd(foreground: bool, distro: str | None) -> None:
+    """Start the kernel process for the data directory (no-op if it runs).
+
+    The drivers and services come from the settings ('nexus config show'); a data
+    directory without a nexus.toml gets one for --distro, as 'nexus init --distro' does.
+    """
     from nexusfs.server import daemon
 
     cfg = settings()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if distro is not None:
+        from nexusfs.config import CONFIG_FILE, load_settings, write_config
+
+        chosen = load_settings(cfg.data_dir, overrides={"distro": distro})
+        daemon.check_daemon_distro(chosen)  # before writing anything
+        if not (cfg.data_dir / CONFIG_FILE).exists():
+            write_config(cfg.data_dir, {"distro": distro})
     if foreground:
-        daemon.serve_forever(cfg.data_dir, durability=cfg.durability)
+        daemon.serve_forever(cfg.data_dir, durability=cfg.durability, distro=distro)
         return
-    state = daemon.start(cfg.data_dir, durability=cfg.durability)
+    state = daemon.start(cfg.data_dir, durability=cfg.durability, distro=distro)
     click.echo(f"kernel {state['pid']} serving {state['data_dir']} on unix://{state['socket']}")
 
 

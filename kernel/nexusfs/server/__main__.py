@@ -15,12 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nexusfs.server", description=__doc__)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--durability", choices=["immediate", "deferred"], default=None)
+    parser.add_argument("--distro", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve_forever(args.data_dir, durability=args.durability)
+        serve_forever(args.data_dir, durability=args.durability, distro=args.distro)
     except NexusError as exc:
         print(f"nexusfs.server: {exc}", file=sys.stderr)
         return 1

@@ -32,14 +32,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from nexusfs.errors import NexusError, ServiceUnavailable
+from nexusfs.errors import ConfigError, NexusError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from nexusfs.config import Settings
 
 __all__ = [
     "KernelState",
+    "check_daemon_distro",
     "kernel_state",
     "run_dir",
     "serve_forever",
@@ -97,31 +101,56 @@ def _answers(sock: str, timeout: float = 2.0) -> bool:
 # ---------------------------------------------------------------------- daemon side
 
 
-def serve_forever(data_dir: Path, *, durability: str | None = None) -> None:
+def serve_forever(
+    data_dir: Path, *, durability: str | None = None, distro: str | None = None
+) -> None:
     """Run the kernel in this process until SIGTERM/SIGINT or ``kernel.shutdown``.
-    Raises ``StoreLocked`` if another process owns the data directory."""
-    import nexusfs
-    from nexusfs.kernel import NexusFS
+
+    The drivers and services come from the settings of ``data_dir``
+    (:func:`nexusfs.config.load_settings`); ``durability`` and ``distro`` given here win.
+    Raises ``ConfigError`` for bad settings (including a distro that runs embedded) and
+    ``StoreLocked`` if another process owns the data directory.
+    """
+    from nexusfs.config import load_settings
+    from nexusfs.kernel import open_embedded
 
     data_dir = data_dir.resolve()
+    settings = load_settings(
+        data_dir, overrides={"durability": durability, "distro": distro}, override_source="flag"
+    )
+    check_daemon_distro(settings)
     rdir = run_dir(data_dir)
     rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(rdir, 0o700)
-    fs = nexusfs.connect(data_dir=data_dir, durability=durability, _embedded=True)
-    assert isinstance(fs, NexusFS)
+    fs = open_embedded(settings)
     try:
-        anyio.run(_serve, fs, data_dir)
+        anyio.run(_serve, fs, settings)
     finally:
         fs.close()
         with contextlib.suppress(OSError):
             _state_file(data_dir).unlink()
 
 
-async def _serve(fs: Any, data_dir: Path) -> None:
+def check_daemon_distro(settings: Settings) -> None:
+    """``ConfigError`` if the settings' distro runs the kernel embedded (no daemon)."""
+    if settings.distro is None:
+        return
+    from nexusfs.distro import load_distro
+
+    distro = load_distro(settings.distro)
+    if distro.mode == "embedded":
+        raise ConfigError(
+            f"distro {distro.name!r} runs the kernel in-process (mode embedded); it has no "
+            "kernel process to start: use the API or CLI directly, or choose nexus-server"
+        )
+
+
+async def _serve(fs: Any, settings: Settings) -> None:
     from nexusfs.bus import Connection, serve_unix
     from nexusfs.server.pipeline import Pipeline
     from nexusfs.server.session import Session
 
+    data_dir = settings.data_dir
     sock = socket_path_for(data_dir)
     sock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     stop = anyio.Event()
@@ -132,6 +161,7 @@ async def _serve(fs: Any, data_dir: Path) -> None:
         "started_at": time.time(),
         "version": _version(),
         "durability": str(fs.durability),
+        "distro": settings.distro,
     }
 
     async with anyio.create_task_group() as tg:
@@ -167,7 +197,7 @@ async def _serve(fs: Any, data_dir: Path) -> None:
             return open_session(conn, session)
 
         pipeline = Pipeline()
-        host = _service_host(data_dir, service_handlers)
+        host = _service_host(settings, service_handlers)
         pipeline.host = host
         if host is not None:
             await tg.start(host.run)
@@ -209,21 +239,20 @@ async def _services_settled(host: Any, timeout: float = 20.0) -> None:
             await anyio.sleep(0.01)
 
 
-def _service_host(data_dir: Path, handlers: Any) -> Any:
-    """The service host for this kernel, or ``None`` when services are switched off
-    (``NEXUS_SERVICES=""``). ``NEXUS_SERVICES="a,b"`` starts only those; unset starts
-    every installed service. The RecordStore is ``NEXUS_RECORD_STORE`` or SQLite in the
-    data directory."""
+def _service_host(settings: Settings, handlers: Any) -> Any:
+    """The service host for this kernel, or ``None`` when no service is configured
+    (``services = []``, ``NEXUS_SERVICES=""``). ``None`` (``all``) starts every
+    installed service. Workers get the RecordStore and CacheStore URLs of the settings."""
     from nexusfs.services.host import ServiceHost
 
-    raw = os.environ.get("NEXUS_SERVICES")
-    names = None if raw is None else [n.strip() for n in raw.split(",") if n.strip()]
-    if names == []:
+    if settings.services == ():
         return None
-    config: dict[str, Any] = {"services": names}
-    if os.environ.get("NEXUS_RECORD_STORE"):
-        config["record_store_url"] = os.environ["NEXUS_RECORD_STORE"]
-    return ServiceHost(data_dir, run_dir(data_dir), handlers, config)
+    config: dict[str, Any] = {
+        "services": None if settings.services is None else list(settings.services),
+        "record_store_url": settings.record_store,
+        "cache_url": settings.cache_store,
+    }
+    return ServiceHost(settings.data_dir, run_dir(settings.data_dir), handlers, config)
 
 
 def _version() -> str:
@@ -235,20 +264,35 @@ def _version() -> str:
 # ---------------------------------------------------------------------- control side
 
 
-def start(data_dir: Path, *, durability: str | None = None, timeout: float = 15.0) -> KernelState:
+def start(
+    data_dir: Path,
+    *,
+    durability: str | None = None,
+    distro: str | None = None,
+    timeout: float = 15.0,
+) -> KernelState:
     """Start the kernel daemon for ``data_dir`` (detached) and wait until it answers.
-    Returns its state; if one is already running, returns that one. Raises
+    Returns its state; if one is already running, returns that one. The settings are
+    checked here first, so a bad config fails at once with ``ConfigError``. Raises
     ``ServiceUnavailable`` with the tail of its log if it does not come up in time."""
+    from nexusfs.config import load_settings
+
     data_dir = data_dir.resolve()
     running = kernel_state(data_dir)
     if running is not None:
         return running
+    settings = load_settings(
+        data_dir, overrides={"durability": durability, "distro": distro}, override_source="flag"
+    )
+    check_daemon_distro(settings)
     rdir = run_dir(data_dir)
     rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     logfile = rdir / "kernel.log"
     cmd = [sys.executable, "-m", "nexusfs.server", "--data-dir", str(data_dir)]
     if durability:
         cmd += ["--durability", durability]
+    if distro:
+        cmd += ["--distro", distro]
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             cmd,

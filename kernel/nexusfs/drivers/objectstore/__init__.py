@@ -5,7 +5,9 @@
 * ``local:///abs/path`` and ``file:///abs/path`` -> :class:`LocalObjectStore`
 * ``memory://name`` -> a new, empty :class:`MemoryObjectStore`
 
-Anything else raises :class:`~nexusfs.errors.MountError`.
+Any other scheme is looked up among installed drivers (``objectstore.<scheme>`` entries
+of the ``nexusfs.drivers`` entry-point group, see :mod:`nexusfs.drivers.registry`);
+a scheme nobody provides raises :class:`~nexusfs.errors.MountError`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from nexusfs.abc import Durability, ObjectStoreABC
 from nexusfs.drivers.objectstore.local import LocalObjectStore, validate_content_id
 from nexusfs.drivers.objectstore.memory import MemoryObjectStore
-from nexusfs.errors import MountError
+from nexusfs.errors import ConfigError, MountError
 
 __all__ = [
     "LocalObjectStore",
@@ -25,6 +27,7 @@ __all__ = [
 ]
 
 _SCHEMES = "local:///abs/path, file:///abs/path, memory://name"
+_BUILTIN_SCHEMES = frozenset({"local", "file", "memory"})
 
 
 def open_object_store(
@@ -47,6 +50,21 @@ def open_object_store(
         return LocalObjectStore(unquote(parts.path), durability)
     if scheme == "memory":
         return MemoryObjectStore(unquote(parts.netloc + parts.path), durability)
-    raise MountError(
-        f"unknown object store URI scheme {parts.scheme!r} in {uri!r}; supported: {_SCHEMES}"
-    )
+    from nexusfs.drivers import registry
+
+    installed = registry.available("objectstore")
+    target = installed.get(scheme)
+    if target is None or f"objectstore.{scheme}" in registry.BUILTIN:
+        others = ", ".join(f"{s}://" for s in sorted(installed) if s not in _BUILTIN_SCHEMES)
+        raise MountError(
+            f"unknown object store URI scheme {parts.scheme!r} in {uri!r}; supported: "
+            f"{_SCHEMES}{', installed: ' + others if others else ''}"
+        )
+    try:
+        opener = registry.resolve("objectstore", uri)
+    except ConfigError as exc:
+        raise MountError(str(exc)) from exc
+    store = opener(uri, durability=Durability(durability))
+    if not isinstance(store, ObjectStoreABC):
+        raise MountError(f"the objectstore.{scheme} driver did not return an ObjectStoreABC")
+    return store
