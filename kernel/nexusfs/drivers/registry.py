@@ -54,6 +54,7 @@ BUILTIN: dict[str, str] = {
     "objectstore.local": "nexusfs.drivers.objectstore:open_object_store",
     "objectstore.file": "nexusfs.drivers.objectstore:open_object_store",
     "objectstore.memory": "nexusfs.drivers.objectstore:open_object_store",
+    "objectstore.s3": "nexusfs.drivers.objectstore.s3:open_s3",
     "recordstore.sqlite": "nexusfs.drivers.recordstore:open_record_store",
     "recordstore.postgresql": "nexusfs.drivers.recordstore:open_record_store",
     "cachestore.redis": "nexusfs.drivers.cachestore:open_cache_store",

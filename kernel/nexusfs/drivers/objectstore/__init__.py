@@ -54,7 +54,7 @@ def open_object_store(
 
     installed = registry.available("objectstore")
     target = installed.get(scheme)
-    if target is None or f"objectstore.{scheme}" in registry.BUILTIN:
+    if target is None:
         others = ", ".join(f"{s}://" for s in sorted(installed) if s not in _BUILTIN_SCHEMES)
         raise MountError(
             f"unknown object store URI scheme {parts.scheme!r} in {uri!r}; supported: "
