@@ -1,9 +1,10 @@
-"""The SQLAlchemy record store: the conformance suite on SQLite (and PostgreSQL when
-``NEXUS_TEST_POSTGRES_URL`` is set), plus driver-specific behaviour."""
+"""The SQLAlchemy record store: the conformance suite on SQLite and on a real PostgreSQL
+server (a fresh database per test, from ``nexusfs.testing.postgres``: skipped only when
+no server exists and ``NEXUS_TEST_REQUIRE_SERVERS`` is not ``1``), plus driver-specific
+behaviour and the test-server helpers themselves."""
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,26 +20,17 @@ from nexusfs.drivers.recordstore import (
     open_record_store,
 )
 from nexusfs.errors import ServiceUnavailable, StoreClosed
+from nexusfs.testing.postgres import require_postgres, temporary_database
 from nexusfs.testing.recordstore import RecordStoreContract
 
-POSTGRES_URL = os.environ.get("NEXUS_TEST_POSTGRES_URL")
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=pytest.mark.skipif(not POSTGRES_URL, reason="NEXUS_TEST_POSTGRES_URL not set"),
-    ),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def record_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        assert POSTGRES_URL is not None
-        return POSTGRES_URL
-    return default_record_store_url(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgres"])
+def record_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield default_record_store_url(tmp_path / "data")
+        return
+    with temporary_database(require_postgres()) as url:
+        yield url
 
 
 class TestSQLAlchemyRecordStore(RecordStoreContract):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BlobInfo",
     "BlobWriter",
+    "CacheState",
     "CacheStoreABC",
     "Durability",
     "FileMetadataProtocol",
@@ -42,6 +43,7 @@ __all__ = [
     "ObjectStoreABC",
     "RecordStoreABC",
     "Route",
+    "Subscription",
     "VFSRouterProtocol",
 ]
 
@@ -277,37 +279,175 @@ class ObjectStoreABC(ABC):
 # ------------------------------------------------------------------------- cache store
 
 
+class CacheState(enum.StrEnum):
+    """What a cache store can do right now (``CacheStoreABC.state``).
+
+    ``CONNECTED``: a shared backend (Redis) is reachable; values and messages reach every
+    process using it. ``LOCAL``: no backend by design (``NullCacheStore``): every read
+    misses, writes are no-ops, messages reach this store's own subscribers only.
+    ``DEGRADED``: a backend is configured but unreachable; the store behaves as ``LOCAL``
+    while it retries the backend with backoff, and returns to ``CONNECTED`` by itself.
+    ``CLOSED``: ``close()`` was called.
+    """
+
+    CONNECTED = "connected"
+    LOCAL = "local"
+    DEGRADED = "degraded"
+    CLOSED = "closed"
+
+
+class Subscription(ABC):
+    """A live subscription to one channel of a cache store (``CacheStoreABC.subscribe``).
+
+    Messages published on ``channel`` after ``subscribe()`` returned are queued here in
+    publish order (per publisher) and handed out by :meth:`get` or by iteration, each at
+    most once. The queue is bounded: when it is full the oldest message is dropped.
+
+    Loss: delivery is at most once and best effort. Messages are missed when the queue
+    overflows and while the store's backend is unreachable (remote publishers' messages
+    are not replayed); each such event increments :attr:`gaps`, so a consumer that needs
+    completeness (e.g. an event tail) re-reads its system of record when ``gaps``
+    changes. Messages published through the same store object are never lost to backend
+    loss: they are delivered in-process.
+
+    Cancellation: interrupting a blocked :meth:`get` (``KeyboardInterrupt``) loses no
+    message. :meth:`close` may be called from any thread: it wakes a blocked ``get``
+    (which returns ``None``) and ends iteration; queued messages are discarded.
+
+    Thread-safety: every method may be called from any thread; messages taken by several
+    concurrent readers of one subscription are split between them (each goes to one).
+    Crash: a subscription lives and dies with its process; nothing is persisted.
+    """
+
+    channel: str
+
+    @abstractmethod
+    def get(self, timeout: float | None = None) -> bytes | None:
+        """The next message, waiting up to ``timeout`` seconds (``None``: until one
+        arrives or the subscription is closed; ``0``: do not wait). Returns ``None`` on
+        timeout and once closed (check :attr:`closed` to tell which). A negative, NaN or
+        infinite ``timeout`` raises ``ValueError``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop receiving: unsubscribe, discard queued messages, wake a blocked
+        :meth:`get`. Idempotent; never raises for an unreachable backend."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (directly or by closing the store)."""
+
+    @property
+    @abstractmethod
+    def gaps(self) -> int:
+        """How many times messages may have been missed (queue overflow, backend lost or
+        regained). Monotonic; starts at 0."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages as they arrive until the subscription is closed."""
+        while (message := self.get()) is not None:
+            yield message
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class CacheStoreABC(ABC):
     """Ephemeral key-value storage with TTL and publish/subscribe, for services.
 
-    Nothing in a cache store is durable: a crash may lose any entry, and callers must
-    treat a miss as normal. Implementations never raise for an unreachable backend on
-    reads (they return a miss); writes may raise ``ServiceUnavailable``.
+    Nothing in a cache store is durable: a crash (of the process or of the backend) may
+    lose any entry, and callers must treat a miss as normal. Keys and channels are
+    non-empty ``str`` (at most 4096 UTF-8 bytes); values and messages are bytes-like.
+
+    Graceful degradation: losing the backend never raises out of ``get``, ``set``,
+    ``delete``, ``publish`` or ``subscribe``, and no call blocks much longer than the
+    driver's socket timeout: reads miss, writes are skipped, publishing delivers to this
+    store's own subscribers only, and subscriptions stay open and resume receiving
+    remote messages once the backend is back (:attr:`state` tells which mode is on).
+    Only bad arguments raise (``TypeError`` for a wrong type, ``ValueError`` for a bad
+    value), and any use after :meth:`close` raises
+    :class:`~nexusfs.errors.StoreClosed`.
+
+    Cancellation: an interrupted ``set``/``delete`` may or may not have been applied;
+    the store stays usable. Thread-safety: one store may be shared by every thread of a
+    process. Stores are not fork-safe: open one in the process that uses it.
     """
+
+    @property
+    @abstractmethod
+    def state(self) -> CacheState:
+        """The current mode (see :class:`CacheState`); changes by itself when a backend
+        is lost or returns."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the store works as configured: ``CONNECTED``, or ``LOCAL`` (a null
+        store by design); false when ``DEGRADED`` or ``CLOSED``."""
+        return self.state in (CacheState.CONNECTED, CacheState.LOCAL)
+
+    @property
+    def shared(self) -> bool:
+        """Whether values and messages currently reach other processes (``CONNECTED``).
+        When false, a consumer that needs other processes' events polls its system of
+        record instead of relying on :meth:`subscribe`."""
+        return self.state is CacheState.CONNECTED
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
-        """The value, or ``None`` on a miss or expiry."""
+        """The value, or ``None`` on a miss, on expiry and when the backend is
+        unreachable."""
 
     @abstractmethod
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Store ``value``, expiring after ``ttl`` seconds if given."""
+    def set(self, key: str, value: bytes | bytearray | memoryview,
+            ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any value and TTL, expiring after
+        ``ttl`` seconds if given (a positive finite number; millisecond resolution).
+        Skipped when the backend is unreachable (drivers then forget ``key`` on the
+        backend once it returns, so a skipped write cannot leave a stale value behind).
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
-        """Remove the key if present."""
+        """Remove ``key`` if present (skipped like :meth:`set` when unreachable)."""
 
     @abstractmethod
-    def publish(self, channel: str, message: bytes) -> int:
-        """Deliver ``message`` to current subscribers; return how many received it.
-        Delivery is at most once."""
+    def publish(self, channel: str, message: bytes | bytearray | memoryview) -> int:
+        """Deliver ``message`` to the subscribers of ``channel``: this store's own
+        subscriptions at once, in-process, and other processes' through the backend when
+        it is reachable. Returns how many received it: local subscriptions plus remote
+        subscriber connections (one per remote store), a best-effort count; 0 means
+        nobody was listening. Delivery is at most once."""
 
     @abstractmethod
-    def subscribe(self, channel: str) -> Iterator[bytes]:
-        """Yield messages published on ``channel`` after this call."""
+    def subscribe(self, channel: str) -> Subscription:
+        """Start receiving the messages published on ``channel`` after this call returns
+        (see :class:`Subscription`). With a reachable backend, remote publishers' messages
+        are included once the call returns; while it is unreachable, local ones only."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections. Idempotent."""
+    @abstractmethod
+    def close(self) -> None:
+        """Close every subscription, stop background threads and release connections.
+        Idempotent; never raises for an unreachable backend."""
+
+    def __enter__(self) -> CacheStoreABC:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------ record store
@@ -329,12 +469,53 @@ class RecordStoreABC(ABC):
     @property
     @abstractmethod
     def engine(self) -> Engine:
-        """The SQLAlchemy engine (for ``metadata.create_all`` and migrations)."""
+        """The SQLAlchemy engine (Core statements, inspection; tables come from
+        :meth:`migrate`)."""
 
     @property
     @abstractmethod
     def session_factory(self) -> sessionmaker[Session]:
         """Makes ORM sessions bound to this store."""
+
+    @abstractmethod
+    def migrate(
+        self,
+        script_location: str,
+        *,
+        version_table: str,
+        target: str = "heads",
+        adopt_revision: str | None = None,
+        adopt_tables: Sequence[str] = (),
+        lock_timeout: float = 300.0,
+    ) -> tuple[str, ...]:
+        """Upgrade one service's tables with its Alembic revision files; return the
+        revisions applied, oldest first (empty if the schema was already at ``target``).
+
+        ``script_location``: the service's directory of revision files, as
+        ``"package:subdir"`` (e.g. ``"nexusfs_hooks:migrations"``) or a path; no
+        ``env.py`` needed. ``version_table``: the service's own revision table (e.g.
+        ``"nexusfs_hooks_version"``), so services never clash. ``adopt_revision`` /
+        ``adopt_tables``: a database created before the service used migrations (all of
+        ``adopt_tables`` exist, no version table) is stamped at ``adopt_revision``
+        without running it, then upgraded.
+
+        Concurrency: processes migrating the same service are serialised (PostgreSQL
+        advisory lock, SQLite write lock); the later one applies nothing. Call it when a
+        service starts, before using its tables; revisions should stay compatible with
+        the previous release's code, which may still run during a hot restart.
+
+        Failure semantics: all revisions of a call run in one transaction (transactional
+        DDL), so any failure, including a crash or cancellation mid-way, leaves the
+        schema and version table exactly as before the call. Raises ``ValueError`` for
+        malformed arguments, ``MigrationScriptError`` for scripts that cannot be loaded
+        or an unknown target (before touching the database), ``MigrationLockTimeout``
+        when the lock is not obtained within ``lock_timeout`` seconds, and
+        ``MigrationError`` (the base of both, in
+        :mod:`nexusfs.drivers.recordstore.migrations`) when a revision fails, the
+        database is at a revision the scripts do not know (a newer release migrated
+        it), or adoption finds only some of ``adopt_tables``. ``StoreClosed`` after
+        :meth:`close`.
+        """
 
     @abstractmethod
     def close(self) -> None:

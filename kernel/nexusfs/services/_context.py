@@ -5,9 +5,10 @@
   the worker's *own* bus connection (the host serves the kernel's ``fs.*`` handlers on
   it), from any thread except the worker's event-loop thread. Async service code uses
   :meth:`KernelClient.acall`.
-* :class:`SQLRecordStore` - a minimal RecordStore (SQLAlchemy engine +
-  ``session_factory``) opened from the ``record_store_url`` the kernel hands out in the
-  handshake; it is used until ``nexusfs.drivers.recordstore`` provides the real driver.
+* :func:`open_record_store` - opens the record store driver
+  (:func:`nexusfs.drivers.recordstore.open_record_store`) from the ``record_store_url``
+  the kernel hands out in the handshake; imported on first use, so workers of services
+  that need no record store never load SQLAlchemy.
 * :class:`JsonLogFormatter` - one JSON object per line on stderr, which the host keeps
   per service.
 
@@ -27,15 +28,13 @@ from typing import TYPE_CHECKING, Any
 import anyio.from_thread
 
 from nexusfs.client import RemoteNexusFS
-from nexusfs.errors import ServiceUnavailable, StoreClosed
+from nexusfs.errors import StoreClosed
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import Session, sessionmaker
-
     from nexusfs.bus import Connection
+    from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 
-__all__ = ["JsonLogFormatter", "KernelClient", "SQLRecordStore", "open_record_store"]
+__all__ = ["JsonLogFormatter", "KernelClient", "open_record_store"]
 
 
 class KernelClient(RemoteNexusFS):
@@ -74,56 +73,13 @@ class KernelClient(RemoteNexusFS):
         self._closed = True
 
 
-class SQLRecordStore:
-    """Minimal RecordStore: SQLAlchemy engine + ``session_factory`` for one URL."""
+def open_record_store(url: str) -> SQLAlchemyRecordStore:
+    """Open the record store at ``url`` (:func:`nexusfs.drivers.recordstore.
+    open_record_store`): ``ServiceUnavailable`` for a malformed URL, a missing driver or
+    an unreachable database, with nothing left open."""
+    from nexusfs.drivers.recordstore import open_record_store as open_driver
 
-    def __init__(self, url: str) -> None:
-        from sqlalchemy import create_engine, event
-        from sqlalchemy.orm import sessionmaker
-
-        self.url = url
-        try:
-            self._engine = create_engine(url, pool_pre_ping=True)
-            if url.startswith("sqlite"):
-
-                @event.listens_for(self._engine, "connect")
-                def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
-                    cur = dbapi_conn.cursor()
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute("PRAGMA synchronous=FULL")
-                    cur.execute("PRAGMA busy_timeout=5000")
-                    cur.close()
-
-            with self._engine.connect():
-                pass
-        except Exception as exc:
-            raise ServiceUnavailable(f"record store {url!r} unreachable: {exc}") from exc
-        self._sessions = sessionmaker(bind=self._engine)
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    @property
-    def session_factory(self) -> sessionmaker[Session]:
-        return self._sessions
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-
-def open_record_store(url: str) -> Any:
-    """The real RecordStore driver when it exists, else :class:`SQLRecordStore`."""
-    try:
-        import importlib
-
-        recordstore = importlib.import_module("nexusfs.drivers.recordstore")
-        opener = getattr(recordstore, "open_record_store", None)
-        if callable(opener):
-            return opener(url)
-    except ImportError:
-        pass
-    return SQLRecordStore(url)
+    return open_driver(url)
 
 
 class JsonLogFormatter(logging.Formatter):

@@ -23,22 +23,40 @@ shared PostgreSQL database is left clean.
 Covered: ORM create/read through ``session_factory``, rollback on exception, visibility
 of commits between two stores on one URL, concurrent inserts from threads and processes
 without lost rows, serialised read-modify-write with ``with_for_update`` (no lost
-updates), objects readable after commit, and idempotent ``close()``.
+updates), objects readable after commit, idempotent ``close()``, and ``migrate``: an
+upgrade to a newer set of revisions keeps the data, a failing revision leaves the schema
+at the previous revision with a :class:`~nexusfs.drivers.recordstore.MigrationError`,
+and two processes migrating at once both succeed with the revisions applied once. The
+migration tests write their revision files to ``tmp_path`` and use the tables
+``nexus_contract_mig*`` and the version table ``nexus_contract_version``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import String, func, select
+from sqlalchemy import String, func, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from nexusfs.abc import RecordStoreABC
+from nexusfs.drivers.recordstore.migrations import MigrationError, current_revisions
 
-__all__ = ["ContractBase", "ContractCounter", "ContractItem", "OpenSame", "RecordStoreContract"]
+__all__ = [
+    "MIGRATION_TABLES",
+    "MIGRATION_VERSION_TABLE",
+    "ContractBase",
+    "ContractCounter",
+    "ContractItem",
+    "OpenSame",
+    "RecordStoreContract",
+    "write_revisions",
+]
 
 OpenSame = Callable[[], RecordStoreABC]
 
@@ -100,6 +118,93 @@ def _count(store: RecordStoreABC, writer: str | None = None) -> int:
         if writer is not None:
             stmt = stmt.where(ContractItem.writer == writer)
         return int(session.scalar(stmt) or 0)
+
+#: The version table and tables the migration tests create (and drop).
+MIGRATION_VERSION_TABLE = "nexus_contract_version"
+MIGRATION_TABLES = (
+    "nexus_contract_mig_notes",
+    "nexus_contract_mig_log",
+    "nexus_contract_mig_extra",
+)
+
+# Revision bodies: c1 creates a notes table and an application log; c2 (a later release)
+# adds a column and an index; c3 makes a table and a column, then fails. Every upgrade()
+# records itself in the log, so a revision applied twice shows up.
+_REVISIONS = {
+    "c1": (None, """
+        op.create_table(
+            "nexus_contract_mig_notes",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("body", sa.String(200), nullable=False),
+        )
+        op.create_table("nexus_contract_mig_log", sa.Column("revision", sa.String(32)))
+        op.execute("INSERT INTO nexus_contract_mig_log (revision) VALUES ('c1')")
+    """),
+    "c2": ("c1", """
+        import time
+        time.sleep(SLEEP)  # widen the window in which a concurrent migrator must wait
+        op.add_column("nexus_contract_mig_notes", sa.Column("tag", sa.String(50)))
+        op.create_index("ix_nexus_contract_mig_notes_tag", "nexus_contract_mig_notes", ["tag"])
+        op.execute("INSERT INTO nexus_contract_mig_log (revision) VALUES ('c2')")
+    """),
+    "c3": ("c2", """
+        op.create_table("nexus_contract_mig_extra", sa.Column("id", sa.Integer))
+        op.add_column("nexus_contract_mig_notes", sa.Column("doomed", sa.Integer))
+        op.execute("INSERT INTO nexus_contract_mig_log (revision) VALUES ('c3')")
+        op.execute("INSERT INTO nexus_contract_mig_no_such_table VALUES (1)")
+    """),
+}
+
+
+def write_revisions(directory: Path, revisions: list[str], *, sleep: float = 0.0) -> str:
+    """Write the contract's revision files ``revisions`` (of ``c1``, ``c2``, ``c3``) into
+    ``directory`` (a release of a test service) and return it as a script location."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for rev in revisions:
+        down, body = _REVISIONS[rev]
+        source = (
+            "import sqlalchemy as sa\n"
+            "from alembic import op\n\n"
+            f"revision = {rev!r}\n"
+            f"down_revision = {down!r}\n"
+            "branch_labels = None\n"
+            "depends_on = None\n"
+            f"SLEEP = {sleep!r}\n\n\n"
+            "def upgrade() -> None:\n"
+            + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
+            + "\n"
+        )
+        (directory / f"{rev}_contract.py").write_text(source)
+    return str(directory)
+
+
+def _child_migrate(
+    store_type: type[RecordStoreABC], url: str, location: str, barrier: Any, results: Any
+) -> None:
+    """Entry point of a child process: open a store, wait for the others, migrate."""
+    store = store_type(url)  # type: ignore[call-arg]
+    try:
+        barrier.wait(60)
+        results.put(store.migrate(location, version_table=MIGRATION_VERSION_TABLE))
+    finally:
+        store.close()
+
+
+def _drop_migration_tables(store: RecordStoreABC) -> None:
+    with store.engine.begin() as conn:
+        for table in (*MIGRATION_TABLES, MIGRATION_VERSION_TABLE):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def _revision(store: RecordStoreABC) -> tuple[str, ...]:
+    with store.engine.connect() as conn:
+        return current_revisions(conn, MIGRATION_VERSION_TABLE)
+
+
+def _log(store: RecordStoreABC) -> list[str]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT revision FROM nexus_contract_mig_log"))
+        return sorted(str(r[0]) for r in rows)
 
 
 class RecordStoreContract:
@@ -277,3 +382,90 @@ class RecordStoreContract:
         other.close()
         other.close()
         assert _count(store) == 1
+
+    # --------------------------------------------------------------- migrations
+
+    @pytest.fixture
+    def migrating_store(self, record_store: RecordStoreABC) -> Iterator[RecordStoreABC]:
+        """``record_store`` without the migration tests' tables (dropped afterwards)."""
+        _drop_migration_tables(record_store)
+        yield record_store
+        _drop_migration_tables(record_store)
+
+    def test_migrate_upgrade_keeps_data(
+        self, migrating_store: RecordStoreABC, tmp_path: Path
+    ) -> None:
+        store = migrating_store
+        release1 = write_revisions(tmp_path / "release1", ["c1"])
+        assert store.migrate(release1, version_table=MIGRATION_VERSION_TABLE) == ("c1",)
+        assert _revision(store) == ("c1",)
+        with store.engine.begin() as conn:
+            conn.execute(text("INSERT INTO nexus_contract_mig_notes (id, body) "
+                              "VALUES (1, 'kept'), (2, 'also kept')"))  # fmt: skip
+        # The next release of the package ships c1 again plus c2.
+        release2 = write_revisions(tmp_path / "release2", ["c1", "c2"])
+        assert store.migrate(release2, version_table=MIGRATION_VERSION_TABLE) == ("c2",)
+        assert store.migrate(release2, version_table=MIGRATION_VERSION_TABLE) == ()
+        assert _revision(store) == ("c2",)
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE nexus_contract_mig_notes SET tag = 'new' WHERE id = 2"))
+            rows = conn.execute(text("SELECT id, body, tag FROM nexus_contract_mig_notes "
+                                     "ORDER BY id")).all()  # fmt: skip
+        assert [tuple(r) for r in rows] == [(1, "kept", None), (2, "also kept", "new")]
+        with store.engine.connect() as conn:
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes("nexus_contract_mig_notes")}
+        assert "ix_nexus_contract_mig_notes_tag" in indexes
+        assert _log(store) == ["c1", "c2"]
+
+    def test_migrate_failure_leaves_previous_revision(
+        self, migrating_store: RecordStoreABC, tmp_path: Path
+    ) -> None:
+        store = migrating_store
+        release1 = write_revisions(tmp_path / "release1", ["c1"])
+        store.migrate(release1, version_table=MIGRATION_VERSION_TABLE)
+        with store.engine.begin() as conn:
+            conn.execute(text("INSERT INTO nexus_contract_mig_notes (id, body) VALUES (1, 'x')"))
+        broken = write_revisions(tmp_path / "broken", ["c1", "c2", "c3"])
+        with pytest.raises(MigrationError) as info:
+            store.migrate(broken, version_table=MIGRATION_VERSION_TABLE)
+        assert "c3" in str(info.value)
+        assert info.value.revisions == ("c1",)
+        # All of it rolled back: c2's column and c3's table and column are not there.
+        assert _revision(store) == ("c1",)
+        with store.engine.connect() as conn:
+            insp = inspect(conn)
+            columns = {c["name"] for c in insp.get_columns("nexus_contract_mig_notes")}
+            assert columns == {"id", "body"}
+            assert not insp.has_table("nexus_contract_mig_extra")
+        assert _log(store) == ["c1"]
+        # The fixed release upgrades normally afterwards, with the data intact.
+        release2 = write_revisions(tmp_path / "release2", ["c1", "c2"])
+        assert store.migrate(release2, version_table=MIGRATION_VERSION_TABLE) == ("c2",)
+        with store.engine.connect() as conn:
+            body = conn.execute(text("SELECT body FROM nexus_contract_mig_notes")).scalar()
+        assert body == "x"
+
+    def test_concurrent_migrations_apply_once(
+        self, migrating_store: RecordStoreABC, multiprocess: bool, tmp_path: Path
+    ) -> None:
+        if not multiprocess:
+            pytest.skip("the database cannot be shared between processes")
+        store = migrating_store
+        location = write_revisions(tmp_path / "release", ["c1", "c2"], sleep=0.3)
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(2)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_child_migrate,
+                        args=(type(store), store.url, location, barrier, results))
+            for _ in range(2)
+        ]  # fmt: skip
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0, f"migrating child failed with exit code {p.exitcode}"
+        outcomes = [results.get(timeout=10) for _ in procs]
+        assert sorted(outcomes) == [(), ("c1", "c2")]
+        assert _revision(store) == ("c2",)
+        assert _log(store) == ["c1", "c2"]

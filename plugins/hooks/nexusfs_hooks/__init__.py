@@ -6,10 +6,10 @@ through the ``nexusfs.services`` entry point ``hooks = "nexusfs_hooks.plugin:plu
 and runs it in its own worker process. The classes are usable directly too::
 
     from nexusfs.drivers.recordstore import open_record_store
-    from nexusfs_hooks import EventLog, create_schema
+    from nexusfs_hooks import EventLog, upgrade_schema
 
     store = open_record_store("sqlite:///records.db")
-    create_schema(store)
+    upgrade_schema(store)          # Alembic revisions in nexusfs_hooks/migrations
     log = EventLog(store.session_factory)
     log.append({"op": "write", "path": "/a.txt", "subject": "alice"})
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from nexusfs_hooks.eventlog import EventLog
-from nexusfs_hooks.models import create_schema
+from nexusfs_hooks.models import create_schema, upgrade_schema
 from nexusfs_hooks.rules import HookEngine, compile_glob
 
 try:
@@ -27,4 +27,11 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0"
 
-__all__ = ["EventLog", "HookEngine", "__version__", "compile_glob", "create_schema"]
+__all__ = [
+    "EventLog",
+    "HookEngine",
+    "__version__",
+    "compile_glob",
+    "create_schema",
+    "upgrade_schema",
+]

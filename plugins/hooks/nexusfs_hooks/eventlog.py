@@ -8,15 +8,37 @@ counter in the *same* transaction. A rolled-back batch therefore consumes no num
 
 Idempotence: an event carrying a kernel sequence number (``kernel_seq``) already in the
 log is not stored again; ``append`` returns the ``seq`` it got the first time.
+
+Throughput: a batch costs a fixed number of statements, whatever its size: the counter
+``SELECT ... FOR UPDATE``, one lookup of already-logged kernel seqs (an index range scan
+for the usual contiguous batch), one ``INSERT`` of all new rows (on PostgreSQL a single
+``INSERT ... SELECT FROM unnest(<one array per column>)``; elsewhere an
+``executemany``), the counter ``UPDATE``, and the commit.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Double,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from nexusfs.errors import InvalidPath
@@ -28,6 +50,39 @@ __all__ = ["MAX_QUERY_LIMIT", "EventLog", "event_to_dict"]
 MAX_QUERY_LIMIT = 10_000
 #: Kernel seqs looked up per ``IN`` clause (well below every driver's parameter limit).
 _IN_CHUNK = 500
+#: A batch whose kernel seqs span less than ``slack * (count + 1)`` is looked up with
+#: one range scan (``BETWEEN``) instead of ``IN`` lists.
+_RANGE_SLACK = 4
+_TABLE = cast(Table, AuditEvent.__table__)
+#: PostgreSQL column types of the batch INSERT's array parameters.
+_PG_ARRAY_TYPES: dict[str, Any] = {
+    "seq": BigInteger(), "kernel_seq": BigInteger(), "time": Double(), "subject": String(),
+    "op": String(), "path": String(), "dst": String(), "ok": Boolean(),
+    "error_code": String(), "message": Text(), "revision": BigInteger(),
+}  # fmt: skip
+_COLUMNS = tuple(_PG_ARRAY_TYPES)
+
+
+def _pg_batch_insert() -> Any:
+    """``INSERT INTO events (...) SELECT * FROM unnest(:seq::BIGINT[], ...)``: a whole
+    batch in one statement with one array parameter per column (a fixed statement, so
+    it is compiled and planned once, whatever the batch size)."""
+    arrays = [bindparam(c, type_=postgresql.ARRAY(t)) for c, t in _PG_ARRAY_TYPES.items()]
+    src = func.unnest(*arrays).table_valued(*_COLUMNS, name="batch").render_derived()
+    return insert(_TABLE).from_select(list(_COLUMNS), select(*(src.c[c] for c in _COLUMNS)))
+
+
+_PG_INSERT = _pg_batch_insert()
+
+
+def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows (with their ``seq``) in the session's transaction: one statement
+    on PostgreSQL (arrays through ``unnest``), an ``executemany`` elsewhere (SQLite runs
+    it in-process)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_PG_INSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
+    else:
+        session.execute(insert(_TABLE), rows)
 
 _FIELDS = ("kernel_seq", "time", "subject", "op", "path", "dst", "ok", "error_code",
            "message", "revision")  # fmt: skip
@@ -118,9 +173,9 @@ class EventLog:
     """The audit log (implements :class:`nexusfs.services.protocols.EventLogProtocol`).
 
     ``session_factory`` comes from a :class:`~nexusfs.abc.RecordStoreABC` whose schema
-    was created with :func:`nexusfs_hooks.models.create_schema`. Every method runs in
-    one transaction: an exception (database error, bad argument) leaves the log as it
-    was. Safe to use from several threads and processes at once.
+    is current (:func:`nexusfs_hooks.models.upgrade_schema`). Every method runs in one
+    transaction: an exception (database error, bad argument) leaves the log as it was.
+    Safe to use from several threads and processes at once.
     """
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
@@ -159,7 +214,7 @@ class EventLog:
                 select(Counter.value).where(Counter.name == EVENT_SEQ).with_for_update()
             )
             if current is None:
-                raise RuntimeError("hooks schema missing: call create_schema() first")
+                raise RuntimeError("hooks schema missing: call upgrade_schema() first")
             known = self._known_kernel_seqs(session, rows)
             result: list[tuple[int, bool]] = []
             new_rows: list[dict[str, Any]] = []
@@ -176,7 +231,7 @@ class EventLog:
                     known[ks] = next_seq
                 result.append((next_seq, True))
             if new_rows:
-                session.execute(insert(AuditEvent), new_rows)
+                _insert_rows(session, new_rows)
                 session.execute(
                     update(Counter).where(Counter.name == EVENT_SEQ).values(value=next_seq)
                 )
@@ -184,14 +239,25 @@ class EventLog:
 
     @staticmethod
     def _known_kernel_seqs(session: Session, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
+        """``kernel_seq -> seq`` of the batch's kernel seqs already in the log. A batch's
+        kernel seqs are normally (nearly) contiguous: one index range scan then, an
+        ``IN`` list otherwise."""
         wanted = sorted({r["kernel_seq"] for r in rows if r["kernel_seq"] is not None})
+        if not wanted:
+            return {}
         known: dict[int, int] = {}
+        pair = (AuditEvent.kernel_seq, AuditEvent.seq)
+        lo, hi = wanted[0], wanted[-1]
+        if hi - lo < _RANGE_SLACK * len(wanted) + _RANGE_SLACK:
+            wanted_set = set(wanted)
+            stmt = select(*pair).where(AuditEvent.kernel_seq.between(lo, hi))
+            for ks, seq in session.execute(stmt):
+                if ks is not None and ks in wanted_set:
+                    known[ks] = seq
+            return known
         for i in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[i : i + _IN_CHUNK]
-            stmt = select(AuditEvent.kernel_seq, AuditEvent.seq).where(
-                AuditEvent.kernel_seq.in_(chunk)
-            )
-            for ks, seq in session.execute(stmt):
+            for ks, seq in session.execute(select(*pair).where(AuditEvent.kernel_seq.in_(chunk))):
                 if ks is not None:
                     known[ks] = seq
         return known

@@ -10,32 +10,47 @@ Tables (all prefixed ``nexus_hooks_``):
   every rule change, so workers know when to reload their compiled rules).
 * ``rules``: user hook rules.
 
+The models describe the newest schema; the tables are created and upgraded only by the
+Alembic revisions in :mod:`nexusfs_hooks.migrations` (:func:`upgrade_schema`), never by
+``create_all``. A test checks that the two agree on SQLite and PostgreSQL.
+
 Paths are compared bytewise (``COLLATE "C"`` on PostgreSQL, SQLite's default ``BINARY``)
 so prefix queries can use index range scans.
 """
 
 from __future__ import annotations
 
-import time
-
-from sqlalchemy import BigInteger, Boolean, Double, Index, Integer, String, Text
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import BigInteger, Boolean, Double, Index, Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from nexusfs.abc import RecordStoreABC
 
 __all__ = [
     "EVENT_SEQ",
+    "INITIAL_REVISION",
+    "MIGRATIONS",
     "RULES_VERSION",
+    "TABLES",
+    "VERSION_TABLE",
     "AuditEvent",
     "Base",
     "Counter",
     "HookRule",
     "create_schema",
+    "upgrade_schema",
 ]
 
 EVENT_SEQ = "event_seq"
 RULES_VERSION = "rules_version"
+#: Where the Alembic revisions of these tables live (``store.migrate`` script location).
+MIGRATIONS = "nexusfs_hooks:migrations"
+#: The hooks service's own Alembic version table.
+VERSION_TABLE = "nexusfs_hooks_version"
+#: The revision that creates the tables below (what ``create_all`` used to make).
+INITIAL_REVISION = "0001"
+#: The service's tables.
+TABLES = ("nexus_hooks_events", "nexus_hooks_counters", "nexus_hooks_rules")
 
 #: 64-bit integers, but SQLite's rowid alias (INTEGER) where it matters.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -95,26 +110,38 @@ class HookRule(Base):
     created_at: Mapped[float] = mapped_column(Double)
 
 
-def create_schema(store: RecordStoreABC, *, attempts: int = 5) -> None:
-    """Create the tables and counter rows if missing. Idempotent and safe when several
-    processes start at once (a lost creation race is retried).
+def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tuple[str, ...]:
+    """Create or upgrade the tables to this package's newest revision and return the
+    revisions applied (empty if already current).
 
-    Raises the last ``sqlalchemy.exc`` error if the schema still cannot be created after
-    ``attempts`` tries (e.g. the database is read-only).
+    Runs the Alembic revisions in :mod:`nexusfs_hooks.migrations` through
+    ``store.migrate`` (version table :data:`VERSION_TABLE`). A database whose tables
+    were made by ``create_all`` before the service used migrations is adopted: stamped
+    at the initial revision :data:`INITIAL_REVISION`, then upgraded. Safe when several
+    processes start at once (they are serialised; one applies the revisions). Then the
+    counter rows are made to exist (an adopted database may lack them).
+
+    Failure semantics: everything or nothing (see ``RecordStoreABC.migrate``); raises
+    ``MigrationError`` (or a subclass) if the schema cannot be upgraded, and the last
+    ``sqlalchemy.exc`` error if the counter rows cannot be written.
     """
-    for attempt in range(attempts):
-        try:
-            Base.metadata.create_all(store.engine)
-            break
-        except (OperationalError, ProgrammingError, IntegrityError):
-            # Another process created a table between our check and our CREATE.
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    for name in (EVENT_SEQ, RULES_VERSION):
-        try:
-            with store.session_factory.begin() as session:
-                if session.get(Counter, name) is None:
+    applied = store.migrate(
+        MIGRATIONS,
+        version_table=VERSION_TABLE,
+        adopt_revision=INITIAL_REVISION,
+        adopt_tables=TABLES,
+        lock_timeout=lock_timeout,
+    )
+    try:
+        with store.session_factory.begin() as session:
+            present = set(session.scalars(select(Counter.name)))
+            for name in (EVENT_SEQ, RULES_VERSION):
+                if name not in present:
                     session.add(Counter(name=name, value=0))
-        except IntegrityError:
-            pass  # inserted concurrently by another process
+    except IntegrityError:
+        pass  # another process inserted them (both rows, in one transaction) first
+    return applied
+
+
+#: The name this function had before the service used migrations.
+create_schema = upgrade_schema

@@ -2,7 +2,9 @@
 
 The worker registers :data:`plugin` with a pluggy ``PluginManager("nexusfs")``:
 
-* ``nexus_service_start``: creates the tables on ``ctx.record_store`` (required).
+* ``nexus_service_start``: creates or upgrades the tables on ``ctx.record_store``
+  (required) with the package's Alembic revisions; a hot restart onto a newer package
+  upgrades them once, even while the old worker still runs.
 * ``nexus_pre_syscall``: the first matching ``deny`` rule vetoes the syscall.
 * ``nexus_post_syscall``: appends the event to the audit log (deduplicated by the
   kernel's ``event.seq``) and, for a successful syscall, emits one event per matching
@@ -12,13 +14,15 @@ The worker registers :data:`plugin` with a pluggy ``PluginManager("nexusfs")``:
   Events enter the log only through post-hooks; there is no ``append`` method.
 
 Failure semantics: without a record store the start fails (``ServiceUnavailable``) and
-the supervisor reports the service failed. A database error in the pre-hook propagates,
-so the kernel fails the syscall with ``ServiceUnavailable`` (deny rules fail closed). In
-the post-hook a transient database error (``OperationalError``, e.g. a lock held past
-the busy timeout or a dropped PostgreSQL connection) is retried a few times with backoff
-(safe: appends are idempotent by ``kernel_seq``); after that it propagates and the host
-logs it. Emits are at-least-once: they happen before the event is logged, and an event
-whose ``seq`` is already logged is neither logged nor emitted again.
+the supervisor reports the service failed; so does a failed migration
+(``MigrationError``: the schema stays at its previous revision). A database error in
+the pre-hook propagates, so the kernel fails the syscall with ``ServiceUnavailable``
+(deny rules fail closed). In the post-hook a transient database error
+(``OperationalError``, e.g. a lock held past the busy timeout or a dropped PostgreSQL
+connection) is retried a few times with backoff (safe: appends are idempotent by
+``kernel_seq``); after that it propagates and the host logs it. Emits are
+at-least-once: they happen before the event is logged, and an event whose ``seq`` is
+already logged is neither logged nor emitted again.
 
 Config (``ctx.config``): ``rules_refresh_ms`` (default 200): how stale another worker's
 rule change may be before this worker sees it.
@@ -43,7 +47,7 @@ from nexusfs.hookspecs import (
 )
 from nexusfs_hooks import __version__
 from nexusfs_hooks.eventlog import EventLog
-from nexusfs_hooks.models import create_schema
+from nexusfs_hooks.models import upgrade_schema
 from nexusfs_hooks.rules import DEFAULT_EMIT_EVENT, HookEngine
 
 __all__ = ["READ_ONLY_METHODS", "SERVICE_NAME", "HooksPlugin", "plugin"]
@@ -85,12 +89,15 @@ class HooksPlugin:
 
     @hookimpl
     def nexus_service_start(self, ctx: ServiceContext) -> None:
-        """Create the schema and the in-memory rule cache. ``ServiceUnavailable`` if
-        the host gave no record store; database errors propagate (start fails)."""
+        """Upgrade the schema and build the in-memory rule cache. ``ServiceUnavailable``
+        if the host gave no record store; ``MigrationError`` and database errors
+        propagate (start fails)."""
         store = ctx.record_store
         if store is None:
             raise ServiceUnavailable("the hooks service needs a record store")
-        create_schema(store)
+        applied = upgrade_schema(store)
+        if applied:
+            ctx.log.info("hooks schema upgraded: %s", ", ".join(applied))
         refresh_ms = float(ctx.config.get("rules_refresh_ms", DEFAULT_REFRESH_MS))
         self.events = EventLog(store.session_factory)
         set_hooks = ctx.set_hooks

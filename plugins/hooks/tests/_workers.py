@@ -6,7 +6,7 @@ from typing import Any
 
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 from nexusfs_hooks.eventlog import EventLog
-from nexusfs_hooks.models import create_schema
+from nexusfs_hooks.models import upgrade_schema
 
 
 def append_range(
@@ -15,7 +15,7 @@ def append_range(
     """Append events with kernel seqs ``first .. first+count-1`` in batches, starting
     together with the other children at ``barrier``."""
     with SQLAlchemyRecordStore(url) as store:
-        create_schema(store)  # concurrent schema creation must be harmless
+        upgrade_schema(store)  # concurrent migration must be harmless
         if barrier is not None:
             barrier.wait(60)
         log = EventLog(store.session_factory)

@@ -1,9 +1,11 @@
 """Fixtures: the hooks plugin registered with a real pluggy ``PluginManager`` carrying
-the kernel's ``ServiceSpec``, started on a real SQLite record store in ``tmp_path``."""
+the kernel's ``ServiceSpec``, started on a real record store: a SQLite file in
+``tmp_path`` and a fresh database on a real PostgreSQL server (``nexusfs.testing.
+postgres``: ``NEXUS_TEST_POSTGRES_URL`` or a private cluster; skipped when neither
+exists, an error when ``NEXUS_TEST_REQUIRE_SERVERS=1``). Every test runs on both."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,33 +13,23 @@ import pytest
 from hooks_testkit import Emitted, Service, ev, start_service
 
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore, default_record_store_url
-from nexusfs_hooks.models import Base
+from nexusfs.testing.postgres import create_database, drop_database, require_postgres
 
 __all__ = ["Emitted", "Service", "ev", "start_service"]
 
 
-POSTGRES_URL = os.environ.get("NEXUS_TEST_POSTGRES_URL")
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param(
-            "postgres",
-            id="postgres",
-            marks=pytest.mark.skipif(not POSTGRES_URL, reason="NEXUS_TEST_POSTGRES_URL not set"),
-        ),
-    ]
-)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A SQLite file in ``tmp_path``, or (when ``NEXUS_TEST_POSTGRES_URL`` is set) the
-    PostgreSQL database with the hooks tables dropped first."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLite file in ``tmp_path``, or a fresh PostgreSQL database (dropped after the
+    test)."""
     if request.param == "sqlite":
-        return default_record_store_url(tmp_path / "data")
-    assert POSTGRES_URL is not None
-    with SQLAlchemyRecordStore(POSTGRES_URL) as store:
-        Base.metadata.drop_all(store.engine)
-    return POSTGRES_URL
+        yield default_record_store_url(tmp_path / "data")
+        return
+    url = create_database(require_postgres())
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 @pytest.fixture

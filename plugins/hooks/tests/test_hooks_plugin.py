@@ -23,7 +23,7 @@ from nexusfs.hookspecs import (
     Veto,
 )
 from nexusfs.services.protocols import EventLogProtocol, HookEngineProtocol
-from nexusfs_hooks import EventLog, HookEngine, __version__, create_schema
+from nexusfs_hooks import EventLog, HookEngine, __version__, upgrade_schema
 from nexusfs_hooks.plugin import HooksPlugin, plugin
 
 # ----------------------------------------------------------------------- contract
@@ -122,6 +122,55 @@ def test_idempotent_redelivery(service: Service) -> None:
     ])  # fmt: skip
     assert seqs == [3, 3, 1, 4, 5]
     assert log.last_seq() == 5
+
+
+def test_redelivery_lookup_contiguous_sparse_and_large_batches(service: Service) -> None:
+    log = service.plugin.events
+    assert log is not None
+    assert log.append({"op": "write", "path": "/five", "kernel_seq": 5}) == 1
+    # Nearly contiguous (one range scan); 5 is logged, 7 is in the range but not asked.
+    assert log.append({"op": "write", "path": "/seven", "kernel_seq": 7}) == 2
+    got = log.record_many([{"op": "read", "path": "/a", "kernel_seq": ks} for ks in (1, 10, 5)])
+    assert got == [(3, True), (4, True), (1, False)]
+    # Sparse kernel seqs (IN lists instead of a range).
+    sparse = [10**6, 5, 2 * 10**9, 10]
+    assert log.record_many([{"op": "read", "path": "/s", "kernel_seq": ks} for ks in sparse]) == [
+        (5, True), (1, False), (6, True), (4, False)
+    ]  # fmt: skip
+    # Larger than one IN chunk, half of it a redelivery, interleaved with new events.
+    first = log.append_many([{"op": "stat", "path": f"/b/{ks}", "kernel_seq": ks}
+                             for ks in range(100, 1300, 2)])  # fmt: skip
+    assert first == list(range(7, 607))
+    again = log.record_many([{"op": "stat", "path": f"/b/{ks}", "kernel_seq": ks}
+                             for ks in range(100, 1300)])  # fmt: skip
+    assert [seq for seq, new in again if not new] == first
+    assert [seq for seq, new in again if new] == list(range(607, 1207))
+    assert log.last_seq() == 1206
+    rows = log.query(after_seq=606, limit=2)
+    assert [(r["seq"], r["kernel_seq"], r["path"]) for r in rows] == [
+        (607, 101, "/b/101"), (608, 103, "/b/103")
+    ]  # fmt: skip
+    # Sparse and larger than one IN chunk: every one found again on redelivery.
+    spread = [{"op": "stat", "path": "/c", "kernel_seq": 10**7 + 1000 * i} for i in range(600)]
+    assert log.append_many(spread) == list(range(1207, 1807))
+    assert log.record_many(spread[::-1]) == [(seq, False) for seq in range(1806, 1206, -1)]
+    assert log.last_seq() == 1806
+
+
+def test_batch_round_trips_every_field(service: Service) -> None:
+    log = service.plugin.events
+    assert log is not None
+    events = [
+        {"op": "rename", "path": "/ä/ß", "dst": "/x/é", "kernel_seq": 1, "time": 1.5,
+         "subject": "alice", "ok": False, "error_code": "conflict", "message": "m" * 5000,
+         "revision": 2**62},
+        {"op": "write", "path": "/plain"},
+    ]  # fmt: skip
+    assert log.append_many(events) == [1, 2]
+    first, second = log.tail(2)
+    assert {k: first[k] for k in events[0]} == events[0]
+    assert second["ok"] is True and second["kernel_seq"] is None and second["dst"] is None
+    assert second["time"] == 0.0
 
 
 def test_failed_batch_consumes_no_seq(service: Service) -> None:
@@ -285,7 +334,7 @@ def test_rules_visible_across_plugin_instances(
 
 
 def test_rule_cache_refresh_interval(store: SQLAlchemyRecordStore) -> None:
-    create_schema(store)
+    upgrade_schema(store)
     now = [0.0]
     reader = HookEngine(store.session_factory, refresh_interval=1.0, clock=lambda: now[0])
     writer = HookEngine(store.session_factory, refresh_interval=1.0, clock=lambda: now[0])
@@ -345,7 +394,7 @@ def test_two_process_concurrent_append_is_gapless(store_url: str) -> None:
     from _workers import append_range
 
     with SQLAlchemyRecordStore(store_url) as store:
-        create_schema(store)
+        upgrade_schema(store)
     per_proc, batch = 300, 7
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)

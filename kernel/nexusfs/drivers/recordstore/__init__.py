@@ -4,6 +4,11 @@
 URL (SQLite by default, PostgreSQL for shared deployments). ``NEXUS_RECORD_STORE``
 overrides the default ``default_record_store_url(data_dir)``, which is
 ``sqlite:///<data_dir>/records.db``.
+
+Services create and upgrade their tables with ``store.migrate(script_location,
+version_table=...)`` (Alembic revisions, one version table per service, serialised
+across processes, all-or-nothing); the errors it raises are :class:`MigrationError` and
+its subclasses :class:`MigrationScriptError` and :class:`MigrationLockTimeout`.
 """
 
 from __future__ import annotations
@@ -11,11 +16,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nexusfs.drivers.recordstore.migrations import (
+    MigrationError,
+    MigrationLockTimeout,
+    MigrationScriptError,
+    current_revisions,
+)
 from nexusfs.drivers.recordstore.sqlalchemy import SQLAlchemyRecordStore, is_sqlite_url
 
 __all__ = [
     "RECORD_STORE_FILE",
+    "MigrationError",
+    "MigrationLockTimeout",
+    "MigrationScriptError",
     "SQLAlchemyRecordStore",
+    "current_revisions",
     "default_record_store_url",
     "is_sqlite_url",
     "open_record_store",

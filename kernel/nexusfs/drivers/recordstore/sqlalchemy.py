@@ -18,6 +18,10 @@ SQLite specifics (set on every new DB-API connection by a ``connect`` listener):
   with ``SQLITE_BUSY_SNAPSHOT``. Cost: transactions on one SQLite file run one at a time
   (they are short; readers that only need a snapshot still see committed data).
 
+Service tables are created and upgraded with :meth:`SQLAlchemyRecordStore.migrate`
+(Alembic revisions, serialised across processes; see
+:mod:`nexusfs.drivers.recordstore.migrations`).
+
 Connections must not cross ``fork()``: open the store in the process that uses it
 (workers open their own; ``multiprocessing`` should use the ``spawn`` start method).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from nexusfs.abc import RecordStoreABC
+from nexusfs.drivers.recordstore.migrations import DEFAULT_LOCK_TIMEOUT, run_migrations
 from nexusfs.errors import ServiceUnavailable, StoreClosed
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLAlchemyRecordStore", "is_sqlite_url"]
@@ -157,6 +163,29 @@ class SQLAlchemyRecordStore(RecordStoreABC):
         if self._closed:
             raise StoreClosed(f"record store {self.url!r} is closed")
         return self._session_factory
+
+    def migrate(
+        self,
+        script_location: str,
+        *,
+        version_table: str,
+        target: str = "heads",
+        adopt_revision: str | None = None,
+        adopt_tables: Sequence[str] = (),
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> tuple[str, ...]:
+        """Upgrade a service's tables (see :meth:`nexusfs.abc.RecordStoreABC.migrate`
+        and :func:`~nexusfs.drivers.recordstore.migrations.run_migrations` for the
+        failure semantics). ``StoreClosed`` after :meth:`close`."""
+        return run_migrations(
+            self.engine,
+            script_location,
+            version_table=version_table,
+            target=target,
+            adopt_revision=adopt_revision,
+            adopt_tables=adopt_tables,
+            lock_timeout=lock_timeout,
+        )
 
     def close(self) -> None:
         """Dispose of the connection pool. Idempotent. Sessions still open keep their

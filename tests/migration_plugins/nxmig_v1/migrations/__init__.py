@@ -1,0 +1,1 @@
+"""Alembic revisions of the test service (``store.migrate(..., version_table=...)``)."""
