@@ -566,3 +566,27 @@ async def test_async_notifications(tmp_path: Path, portable: bool) -> None:
             while not services or len(services[0].order) < 5:
                 await anyio.sleep(0.01)
         assert sorted(services[0].order) == list(range(5))
+
+
+def test_service_error_codes_survive_the_wire() -> None:
+    """An error class a service package defines keeps its code in a process that does
+    not know it, and becomes its own class once registered."""
+    from nexusfs.bus.protocol import error_from_wire, error_message
+    from nexusfs.errors import NexusError, register_error
+
+    class ModelProblem(NexusError, ValueError):
+        code = "test_model_problem"
+
+    wire = error_message(7, ModelProblem("bad model at 3:1"))
+    unknown = error_from_wire(wire["c"], wire["msg"], wire["p"])
+    assert type(unknown) is NexusError and unknown.code == "test_model_problem"
+    assert str(unknown) == "bad model at 3:1"
+    register_error(ModelProblem)
+    known = error_from_wire(wire["c"], wire["msg"], wire["p"])
+    assert isinstance(known, ModelProblem) and isinstance(known, ValueError)
+
+    class Impostor(NexusError):
+        code = "test_model_problem"
+
+    with pytest.raises(ValueError, match="already belongs to"):
+        register_error(Impostor)

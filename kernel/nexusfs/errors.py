@@ -12,6 +12,8 @@ raises before it commits anything, or after a commit that already happened compl
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = [
     "AlreadyExists",
     "ConfigError",
@@ -29,7 +31,11 @@ __all__ = [
     "StoreClosed",
     "StoreLocked",
     "error_from_code",
+    "register_error",
 ]
+
+
+E = TypeVar("E", bound="NexusError")
 
 
 class NexusError(Exception):
@@ -175,5 +181,25 @@ _BY_CODE: dict[str, type[NexusError]] = {
 
 
 def error_from_code(code: str, message: str, path: str | None = None) -> NexusError:
-    """Rebuild a typed error from its wire ``code``; unknown codes give a ``NexusError``."""
-    return _BY_CODE.get(code, NexusError)(message, path=path)
+    """Rebuild a typed error from its wire ``code``. An unknown code (an error class of
+    a service package this process has not registered) gives a plain ``NexusError``
+    that keeps the ``code``, so callers can still tell errors apart."""
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls(message, path=path)
+    err = NexusError(message, path=path)
+    err.code = code
+    return err
+
+
+def register_error(cls: type[E]) -> type[E]:
+    """Make ``cls`` (a ``NexusError`` subclass with its own ``code``) rebuildable from
+    the wire in this process; usable as a class decorator by service packages. Raises
+    ``ValueError`` if another class already owns the code."""
+    if not (isinstance(cls, type) and issubclass(cls, NexusError)):
+        raise ValueError(f"{cls!r} is not a NexusError subclass")
+    owner = _BY_CODE.get(cls.code)
+    if owner is not None and owner is not cls:
+        raise ValueError(f"error code {cls.code!r} already belongs to {owner.__qualname__}")
+    _BY_CODE[cls.code] = cls
+    return cls
