@@ -94,7 +94,10 @@ class ServiceContext:
 
     ``record_store`` is a :class:`~nexusfs.abc.RecordStoreABC` (SQLAlchemy
     ``session_factory``) when the service declared ``"record_store"``; ``cache_store``
-    a :class:`~nexusfs.abc.CacheStoreABC` or ``None`` (degrade gracefully). ``kernel``
+    is always a :class:`~nexusfs.abc.CacheStoreABC`: the configured one
+    (``NEXUS_CACHE_STORE``) when the service declared ``"cache_store"``, else a
+    ``NullCacheStore`` (check ``cache_store.shared``; it never raises for a lost
+    backend, it degrades: reads miss, writes are skipped, pub/sub stays in-process). ``kernel``
     calls syscalls on the kernel (as the service's own subject). ``state_dir`` is a
     private directory that survives restarts.
 

@@ -59,6 +59,7 @@ BUILTIN: dict[str, str] = {
     "recordstore.postgresql": "nexusfs.drivers.recordstore:open_record_store",
     "cachestore.redis": "nexusfs.drivers.cachestore:open_cache_store",
     "cachestore.rediss": "nexusfs.drivers.cachestore:open_cache_store",
+    "cachestore.unix": "nexusfs.drivers.cachestore:open_cache_store",
     "cachestore.null": "nexusfs.drivers.cachestore:open_cache_store",
 }
 

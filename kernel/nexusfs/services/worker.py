@@ -50,6 +50,7 @@ import anyio.to_thread
 import pluggy
 
 from nexusfs.bus import Connection, connect_unix
+from nexusfs.drivers.cachestore import open_cache_store
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import (
     PROJECT,
@@ -160,14 +161,26 @@ class Worker:
                     log.exception("nexus_service_stop failed")
             if ctx.record_store is not None and hasattr(ctx.record_store, "close"):
                 ctx.record_store.close()
+            if ctx.cache_store is not None:
+                ctx.cache_store.close()
             log.info("service %s stopped%s", self.name, " (kernel gone)" if lost else "")
         return EXIT_OK
 
     def _context(self, conn: Connection, config: dict[str, Any]) -> ServiceContext:
+        # ctx.cache_store is never None: the configured store (NEXUS_CACHE_STORE) for a
+        # service that declared "cache_store", else a NullCacheStore. An unreachable Redis
+        # does not fail the start (the store runs degraded); a malformed URL raises
+        # ConfigError.
+        cache_url = config.get("cache_url") if "cache_store" in self.info.needs else None
+        cache_store = open_cache_store(str(cache_url) if cache_url else None)
         record_store = None
         url = config.get("record_store_url")
         if "record_store" in self.info.needs and url:
-            record_store = open_record_store(str(url))
+            try:
+                record_store = open_record_store(str(url))
+            except BaseException:
+                cache_store.close()
+                raise
 
         kernel = KernelClient(conn)
 
@@ -185,7 +198,7 @@ class Worker:
         return ServiceContext(
             name=self.name, state_dir=self.state_dir,
             log=logging.getLogger(f"nexusfs.service.{self.name}"),
-            kernel=kernel, record_store=record_store, cache_store=None,
+            kernel=kernel, record_store=record_store, cache_store=cache_store,
             config=config, emit=emit, set_hooks=set_hooks,
         )
 
