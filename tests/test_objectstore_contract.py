@@ -89,7 +89,7 @@ def test_open_memory_uri() -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket/x", "blobs", "/abs/path", "local://relative/dir", "file:relative", ""],
+    ["ftp://bucket/x", "blobs", "/abs/path", "local://relative/dir", "file:relative", ""],
 )
 def test_open_bad_uri_raises_mount_error(uri: str) -> None:
     with pytest.raises(MountError) as exc_info:
