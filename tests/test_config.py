@@ -20,13 +20,12 @@ import pytest
 from click.testing import CliRunner
 
 import nexusfs
+from kernel_testkit import native_available
 from nexusfs.abc import Durability
 from nexusfs.cli.app import cli
 from nexusfs.config import ConfigError, load_settings, validate_values, write_config
 from nexusfs.drivers import registry
 from nexusfs.errors import MountError
-
-from kernel_testkit import native_available
 
 needs_native = pytest.mark.skipif(not native_available(), reason="nexusfs._native not built")
 CLEAN_ENV: dict[str, str] = {}
@@ -255,7 +254,7 @@ def test_a_driver_that_fails_to_import_is_a_config_error(
     tmp_path: Path, fake_driver: str
 ) -> None:
     (tmp_path / "site" / "nexus_fake_driver.py").write_text("raise ImportError('no boto')\n")
-    with pytest.raises(ConfigError, match="objectstore.fakestore driver .* cannot be loaded"):
+    with pytest.raises(ConfigError, match=r"objectstore.fakestore driver .* cannot be loaded"):
         registry.resolve("objectstore", "fakestore://b")
 
 

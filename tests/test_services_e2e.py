@@ -271,3 +271,42 @@ def test_plugins_install_upgrade_uninstall_like_os_packages(kernel: Path, tmp_pa
     assert out.returncode == 0, out.stderr
     assert "nxinstallable" not in installed_services()
     assert '"nxinstallable"' not in nexus(kernel, "plugins", "list", "--json").stdout
+
+
+@pytest.mark.parametrize("cache", ["none", "redis"])
+def test_events_tail_follow_streams_new_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: str
+) -> None:
+    """`nexus events tail -f` long-polls the hooks service: a new event is printed at
+    once, through Redis pub/sub when a cache store is configured, in-process without."""
+    from nexusfs.testing.redis import redis_url_or_skip
+
+    monkeypatch.setenv("NEXUS_SERVICES", "hooks")
+    if cache == "redis":
+        monkeypatch.setenv("NEXUS_CACHE_STORE", redis_url_or_skip())
+    else:
+        monkeypatch.delenv("NEXUS_CACHE_STORE", raising=False)
+    data = tmp_path / "data"
+    daemon.start(data)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "nexusfs.cli", "--data-dir", str(data),
+         "events", "tail", "-f", "-n", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with nexusfs.connect(data_dir=data) as nx:
+            nx.write("/before.txt", b"x")
+            time.sleep(1.0)  # the tail is now waiting in the service
+            t0 = time.monotonic()
+            nx.write("/followed.txt", b"y")
+        assert tail.stdout is not None
+        seen = ""
+        while '"/followed.txt"' not in seen:
+            line = tail.stdout.readline()
+            assert line, f"tail ended early: {tail.stderr.read() if tail.stderr else ''}"
+            seen += line
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        tail.kill()
+        tail.wait()
+        daemon.stop(data)

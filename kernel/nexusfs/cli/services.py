@@ -173,8 +173,10 @@ def events_tail(n: int, follow: bool, as_json: bool) -> None:
         _print_events(rows, as_json)
         last = rows[-1]["seq"] if rows else fs.call("hooks.last_seq")
         while follow:
-            time.sleep(0.5)
-            rows = fs.call("hooks.query", after_seq=last, limit=1000)
+            # A long-poll: the service answers as soon as an event is logged (woken by
+            # its cache store, or by polling the log without one). Across a restart of
+            # the service the call is retried on the new worker (it is idempotent).
+            rows = fs.call("hooks.wait_events", after_seq=last, timeout=10.0)
             if rows:
                 _print_events(rows, as_json)
                 last = rows[-1]["seq"]

@@ -12,6 +12,8 @@ from typing import Any
 
 import pluggy
 
+from nexusfs.abc import CacheStoreABC
+from nexusfs.drivers.cachestore import NullCacheStore
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 from nexusfs.hookspecs import PROJECT, ServiceContext, ServiceSpec, SyscallEvent, SyscallOutcome
 from nexusfs_hooks.plugin import HooksPlugin
@@ -53,9 +55,14 @@ class Service:
 
 
 def start_service(
-    store: SQLAlchemyRecordStore, state_dir: Path, *, refresh_ms: float = 0
+    store: SQLAlchemyRecordStore,
+    state_dir: Path,
+    *,
+    refresh_ms: float = 0,
+    cache_store: CacheStoreABC | None = None,
 ) -> Service:
-    """Register a fresh :class:`HooksPlugin` (as a worker would) and start it."""
+    """Register a fresh :class:`HooksPlugin` (as a worker would) and start it. A worker
+    always passes a cache store (a ``NullCacheStore`` when none is configured)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(ServiceSpec)
     plugin = HooksPlugin()
@@ -66,6 +73,7 @@ def start_service(
         state_dir=state_dir,
         log=logging.getLogger("nexusfs.services.hooks"),
         record_store=store,
+        cache_store=cache_store if cache_store is not None else NullCacheStore(),
         config={"rules_refresh_ms": refresh_ms},
         emit=emitted,
     )
