@@ -38,8 +38,8 @@ def test_service_info() -> None:
     assert info.name == "hooks"
     assert info.version == __version__
     assert info.pre_hooks == ("*",) and info.post_hooks == ("*",)
-    assert info.needs == ("record_store",)
-    assert set(info.idempotent) == {"tail", "query", "last_seq", "list_rules"}
+    assert info.needs == ("record_store", "cache_store")
+    assert set(info.idempotent) == {"tail", "query", "last_seq", "wait_events", "list_rules"}
 
 
 def test_module_plugin_object_is_a_hooks_plugin() -> None:
@@ -48,7 +48,7 @@ def test_module_plugin_object_is_a_hooks_plugin() -> None:
 
 def test_methods_exposed(service: Service) -> None:
     assert set(service.methods) == {
-        "tail", "query", "last_seq", "add_rule", "list_rules", "remove_rule"
+        "tail", "query", "last_seq", "wait_events", "add_rule", "list_rules", "remove_rule"
     }  # fmt: skip
     assert "append" not in service.methods
 
