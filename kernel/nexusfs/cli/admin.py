@@ -42,7 +42,7 @@ def init_cmd(distro: str | None) -> None:
         cfg.metastore_path.exists() or (cfg.data_dir / CONFIG_FILE).exists()
     )
     if distro is not None:
-        from nexusfs.distro import load_distro
+        from nexusfs.distro import is_manifest_path, load_distro
 
         chosen = load_distro(distro)
         current = load_settings(cfg.data_dir)
@@ -51,7 +51,7 @@ def init_cmd(distro: str | None) -> None:
                 f"{cfg.data_dir / CONFIG_FILE} already names distro {current.distro!r}; "
                 "edit it or use a new data directory"
             )
-        name = distro if distro.endswith(".toml") else chosen.name
+        name = str(chosen.source) if is_manifest_path(distro) else chosen.name
         write_config(cfg.data_dir, {"distro": name})
     with open_fs(cfg, create=True):
         pass

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from nexusfs import __version__
-from nexusfs.cli import admin, config, daemon, fileops, listing, services, transfer
+from nexusfs.cli import admin, config, daemon, distro, fileops, listing, services, transfer
 from nexusfs.cli.runtime import (
     DEFAULT_DATA_DIR,
     EXIT_INTERRUPTED,
@@ -81,6 +81,7 @@ for _command in (
     *admin.COMMANDS,
     *config.COMMANDS,
     *daemon.COMMANDS,
+    *distro.COMMANDS,
     *fileops.COMMANDS,
     *listing.COMMANDS,
     *services.COMMANDS,

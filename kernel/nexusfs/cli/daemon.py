@@ -42,7 +42,10 @@ def up_cmd(foreground: bool, distro: str | None) -> None:
         chosen = load_settings(cfg.data_dir, overrides={"distro": distro})
         daemon.check_daemon_distro(chosen)  # before writing anything
         if not (cfg.data_dir / CONFIG_FILE).exists():
-            write_config(cfg.data_dir, {"distro": distro})
+            from nexusfs.distro import is_manifest_path, load_distro
+
+            name = str(load_distro(distro).source) if is_manifest_path(distro) else distro
+            write_config(cfg.data_dir, {"distro": name})
     if foreground:
         daemon.serve_forever(cfg.data_dir, durability=cfg.durability, distro=distro)
         return

@@ -175,7 +175,7 @@ def load_settings(
         if values.get("distro"):
             distro_name, distro_src = str(values["distro"]), src
     if distro_name is not None:
-        layers.append((_distro_config(distro_name), f"distro {distro_name}"))
+        layers.append((_distro_config(distro_name, environ), f"distro {distro_name}"))
     layers += [
         (file_values, f"file {path}"),
         (env_values, "env"),
@@ -268,12 +268,14 @@ def _read_toml(path: Path, explicit: bool) -> dict[str, Any]:
     return data
 
 
-def _distro_config(name: str) -> dict[str, Any]:
+def _distro_config(name: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    # The manifest is checked, but not against the installed packages (that scan costs
+    # CLI start-up time); the kernel process checks those when it boots a distro.
     try:
         from nexusfs.distro import load_distro
     except ImportError as exc:  # pragma: no cover - the distro package ships with nexusfs
         raise ConfigError(f"distro {name!r}: distro support is not installed") from exc
-    return dict(load_distro(name).config)
+    return dict(load_distro(name, env=environ, check_installed=False).config)
 
 
 def _build(
