@@ -330,3 +330,26 @@ def test_hooks_partial_legacy_schema_is_refused(store: SQLAlchemyRecordStore) ->
     with pytest.raises(MigrationError, match="cannot adopt"):
         upgrade_schema(store)
     assert VERSION_TABLE not in _tables(store)
+
+
+def test_a_current_schema_is_checked_without_alembic(tmp_path: Path) -> None:
+    """Starting a service whose tables are already current costs one query: no Alembic
+    import, no lock (it is on the path of every worker start)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
+        with SQLAlchemyRecordStore({url!r}) as store:
+            applied = store.migrate("nexusfs_hooks:migrations", version_table="hv")
+        print(list(applied), "alembic" in sys.modules)
+        """
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.split() == ["['0001']", "True"], first.stderr
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.stdout.split() == ["[]", "False"], again.stderr

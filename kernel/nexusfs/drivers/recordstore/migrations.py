@@ -176,6 +176,57 @@ def _load_scripts(cfg: Config, script_location: str, target: str) -> ScriptDirec
     return scripts
 
 
+_REVISION_LINE = re.compile(
+    r"^(revision|down_revision)\s*(?::[^=]+)?=\s*(.+?)\s*(?:#.*)?$", re.MULTILINE
+)
+_ID = re.compile(r"""^(?:None|(['"])([\w.-]+)\1)$""")
+
+
+def _static_heads(versions: Path) -> frozenset[str] | None:
+    """The head revisions of a plain linear-or-branched revision directory, read from
+    the files' literal ``revision = "..."`` / ``down_revision = "..."`` lines without
+    importing Alembic; ``None`` when any file is not that simple (then the caller takes
+    the full Alembic path, which is always right)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        found: dict[str, str] = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(source)}
+        if set(found) != {"revision", "down_revision"}:
+            return None
+        rev, down = (_ID.match(found[k]) for k in ("revision", "down_revision"))
+        if rev is None or rev.group(2) is None or down is None:
+            return None  # not literals: tuples (merges), expressions, ...
+        revisions.add(rev.group(2))
+        if down.group(2) is not None:
+            parents.add(down.group(2))
+    return frozenset(revisions - parents) if revisions else None
+
+
+def _already_current(engine: Engine, versions: Path, version_table: str) -> bool:
+    """Whether the database already records exactly the scripts' heads: one plain query,
+    no Alembic import and no lock (a schema at its heads stays there: only an upgrade
+    to newer scripts changes it, and that is not this call). Any doubt answers ``False``
+    and the full, locked path decides."""
+    heads = _static_heads(versions)
+    if heads is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(version_table):
+                return False
+            rows = conn.execute(text(f"SELECT version_num FROM {version_table}")).all()
+            conn.rollback()
+    except Exception:
+        return False
+    return frozenset(str(r[0]) for r in rows) == heads
+
+
 def migration_lock_key(version_table: str) -> int:
     """A signed 64-bit advisory-lock key for one version table."""
     digest = hashlib.blake2b(f"nexusfs.migrate:{version_table}".encode(), digest_size=8)
@@ -341,6 +392,8 @@ def run_migrations(
     if (adopt_revision is None) != (not adopt_tables):
         raise ValueError("adopt_revision and adopt_tables must be given together")
     versions = resolve_script_location(script_location)
+    if target in ("head", "heads") and _already_current(engine, versions, version_table):
+        return ()
     applied: list[str] = []
 
     def on_version_apply(*, step: MigrationInfo, **_kw: Any) -> None:
