@@ -322,3 +322,11 @@ def test_builtin_drivers_are_declared_as_entry_points() -> None:
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["nexusfs.drivers"]
     assert declared == registry.BUILTIN
+
+
+def test_admins_setting(tmp_path: Path) -> None:
+    s = load_settings(tmp_path, env={"NEXUS_ADMINS": "user:alice, service:backup,user:alice"})
+    assert s.admins == ("user:alice", "service:backup")
+    assert load_settings(tmp_path, env=CLEAN_ENV).admins == ()
+    with pytest.raises(ConfigError, match="is not a subject"):
+        load_settings(tmp_path, env={"NEXUS_ADMINS": "alice"})

@@ -75,6 +75,7 @@ KEYS: dict[str, _Key] = {
         _Key("cache_store", "NEXUS_CACHE_STORE", "redis://host:port/db, or none"),
         _Key("object_store", "NEXUS_OBJECT_STORE", "store URI mounted at / on creation"),
         _Key("services", "NEXUS_SERVICES", "service names to start, or all"),
+        _Key("admins", "NEXUS_ADMINS", "subjects the permission gate never checks"),
     )
 }
 
@@ -102,6 +103,7 @@ class Settings:
     cache_store: str | None = None
     object_store: str = DEFAULT_OBJECT_STORE
     services: tuple[str, ...] | None = None
+    admins: tuple[str, ...] = ()
     config_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -112,7 +114,7 @@ class Settings:
             value = getattr(self, key)
             if value is None:
                 text = "all" if key == "services" else "none"
-            elif key == "services":
+            elif key in ("services", "admins"):
                 text = ",".join(value) if value else "(none)"
             else:
                 text = redact(str(value))
@@ -418,6 +420,22 @@ def _parse_services(value: Any, _ddir: Path, where: str) -> tuple[str, ...] | No
     return tuple(dict.fromkeys(names))
 
 
+_SUBJECT = re.compile(r"^[a-z][a-z0-9_-]*:[^\s#]+$")
+
+
+def _parse_admins(value: Any, _ddir: Path, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        subjects = [n.strip() for n in value.split(",") if n.strip()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        subjects = [v.strip() for v in value]
+    else:
+        raise ConfigError(f"{where}: expected a list of subjects like user:alice, got {value!r}")
+    for subject in subjects:
+        if not _SUBJECT.match(subject):
+            raise ConfigError(f"{where}: {subject!r} is not a subject (type:id, e.g. user:alice)")
+    return tuple(dict.fromkeys(subjects))
+
+
 def _check_driver(kind: str, url: str, where: str) -> None:
     from nexusfs.drivers import registry
 
@@ -452,4 +470,5 @@ _PARSERS: dict[str, Callable[[Any, Path, str], Any]] = {
     "cache_store": _parse_cache_store,
     "object_store": _parse_object_store,
     "services": _parse_services,
+    "admins": _parse_admins,
 }
