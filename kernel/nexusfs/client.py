@@ -24,7 +24,7 @@ from nexusfs.abc import MountInfo
 from nexusfs.errors import StoreClosed
 from nexusfs.metadata.inode import FileMetadata
 from nexusfs.server import wire
-from nexusfs.server.session import READ_CHUNK
+from nexusfs.server.wire import READ_CHUNK
 from nexusfs.syscalls.admin import GCReport, ZoneInfo
 from nexusfs.vfs.listing import DirListing
 

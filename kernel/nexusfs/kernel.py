@@ -87,20 +87,36 @@ def connect(
             raise ServiceUnavailable("grpc:// remote mode is not available yet")
         data_dir = target[len("file://") :] if target.startswith("file://") else target
     ddir = Path(data_dir or os.environ.get("NEXUS_DATA_DIR") or "nexus-data")
-    if not _embedded and (ddir / "run" / "kernel.json").exists():
-        from nexusfs.server.daemon import kernel_state
-
-        state = kernel_state(ddir)
-        if state is not None:
-            from nexusfs.client import RemoteNexusFS
-
-            return RemoteNexusFS(state["socket"], subject=subject)
+    if not _embedded:
+        remote = _kernel_process(ddir, subject)
+        if remote is not None:
+            return remote
     from nexusfs.config import load_settings
 
     settings = load_settings(
         ddir, overrides={"durability": durability, "flush_interval": flush_interval}
     )
     return open_embedded(settings, create=create)
+
+
+def _kernel_process(ddir: Path, subject: str | None) -> FileSystem | None:
+    """A client of the kernel process that owns ``ddir``, or ``None`` if none answers
+    (no ``run/kernel.json``, or a stale one left by a crash: nobody listens). Connecting
+    is the liveness check: one connection and one ``kernel.hello``, nothing else."""
+    import json
+
+    try:
+        state = json.loads((ddir / "run" / "kernel.json").read_text())
+        socket_path = state["socket"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from nexusfs.client import RemoteNexusFS
+    from nexusfs.errors import ServiceUnavailable
+
+    try:
+        return RemoteNexusFS(socket_path, subject=subject)
+    except ServiceUnavailable:
+        return None
 
 
 def open_embedded(settings: Settings, *, create: bool = True) -> NexusFS:

@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from nexusfs.errors import ConfigError, NexusError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -124,6 +122,8 @@ def serve_forever(
     os.chmod(rdir, 0o700)
     fs = open_embedded(settings)
     try:
+        import anyio
+
         anyio.run(_serve, fs, settings)
     finally:
         fs.close()
@@ -146,6 +146,8 @@ def check_daemon_distro(settings: Settings) -> None:
 
 
 async def _serve(fs: Any, settings: Settings) -> None:
+    import anyio
+
     from nexusfs.bus import Connection, serve_unix
     from nexusfs.server.pipeline import Pipeline
     from nexusfs.server.session import Session
@@ -234,6 +236,8 @@ async def _serve(fs: Any, settings: Settings) -> None:
 async def _services_settled(host: Any, timeout: float = 20.0) -> None:
     """Wait until no service is still starting (each is running, failed, degraded or
     stopped), so the first syscall a client makes is already hooked and audited."""
+    import anyio
+
     with anyio.move_on_after(timeout):
         while any(s["state"] in ("starting", "restarting") for s in host.services()):
             await anyio.sleep(0.01)

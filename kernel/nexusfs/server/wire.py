@@ -11,12 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from nexusfs.abc import MountInfo
-from nexusfs.bus import ProtocolError
+from nexusfs.bus.protocol import ProtocolError
 from nexusfs.metadata.inode import EntryType, FileMetadata
 from nexusfs.syscalls.admin import GCReport, ZoneInfo
 from nexusfs.vfs.listing import DirListing
 
+#: Largest payload a single read or write call carries; larger transfers use handles.
+READ_CHUNK = 8 << 20
+
 __all__ = [
+    "READ_CHUNK",
     "gc_from_wire",
     "gc_to_wire",
     "listing_from_wire",
