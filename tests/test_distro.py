@@ -124,7 +124,7 @@ def test_builtin_distros_load_and_validate() -> None:
     cloud = load_distro("nexus-cloud", env=_env())
     assert cloud.mode == "daemon"
     assert set(cloud.extras) == {"postgres", "redis", "s3"}
-    assert "hooks" in cloud.service_names
+    assert cloud.service_names == ("hooks", "rebac")
     assert cloud.settings["record_store"].startswith("${NEXUS_PG_URL:-postgresql")
 
 
@@ -494,7 +494,11 @@ def test_cli_show_json_resolves_placeholders(tmp_path: Path) -> None:
     assert rows["record_store"]["effective"] == url  # NEXUS_RECORD_STORE is not the distro
     assert rows["record_store"]["driver"]["name"] == "recordstore.postgresql"
     assert rows["cache_store"]["driver"]["extra"] == "redis"
-    assert info["bundle"]["requirements"] == ["nexusfs[postgres,redis,s3]", "nexusfs-hooks"]
+    assert info["bundle"]["requirements"] == [
+        "nexusfs[postgres,redis,s3]",
+        "nexusfs-hooks",
+        "nexusfs-rebac",
+    ]
 
 
 def test_cli_show_manifest_path_that_needs_environment(manifest: Write, tmp_path: Path) -> None:

@@ -21,7 +21,17 @@ from typing import Any
 import click
 
 from nexusfs import __version__
-from nexusfs.cli import admin, config, daemon, distro, fileops, listing, services, transfer
+from nexusfs.cli import (
+    admin,
+    config,
+    daemon,
+    distro,
+    fileops,
+    listing,
+    rebac,
+    services,
+    transfer,
+)
 from nexusfs.cli.runtime import (
     DEFAULT_DATA_DIR,
     EXIT_INTERRUPTED,
@@ -84,6 +94,7 @@ for _command in (
     *distro.COMMANDS,
     *fileops.COMMANDS,
     *listing.COMMANDS,
+    *rebac.COMMANDS,
     *services.COMMANDS,
     *transfer.COMMANDS,
 ):

@@ -1,10 +1,12 @@
 """NexusFS ReBAC: relationship-based access control in the Zanzibar model.
 
-This package is the engine (phase 1 of the ``rebac`` service): OpenFGA's modeling
-language (schema 1.1), a typed immutable model with a content-hash ``model_id``, tuple
-validation, and evaluation (``check``, ``batch_check``, ``expand``, ``list_objects``,
-``list_users``) over any :class:`TupleSource`, with the kernel's path hierarchy as a
-computed ``parent`` relation::
+This package is the ``rebac`` service (:mod:`nexusfs_rebac.plugin`, entry point
+``rebac`` in ``nexusfs.services``: storage in the RecordStore, consistency tokens, the
+RPC methods; see :mod:`nexusfs_rebac.service`) and the engine it runs: OpenFGA's
+modeling language (schema 1.1), a typed immutable model with a content-hash
+``model_id``, tuple validation, and evaluation (``check``, ``batch_check``, ``expand``,
+``list_objects``, ``list_users``) over any :class:`TupleSource`, with the kernel's path
+hierarchy as a computed ``parent`` relation::
 
     from nexusfs_rebac import Engine, MemoryTupleSource, PathTree, default_model
 
@@ -17,8 +19,13 @@ computed ``parent`` relation::
     engine.list_objects("user:anne", "read", "file")               # ["file:/docs/plan.md"]
 
 Errors: :class:`ModelError` (bad model, with line and column), :class:`InvalidRequest`
-and :class:`InvalidTuple` (bad input), :class:`ResolutionTooComplex` (depth limit);
-all are ``nexusfs.errors.NexusError`` subclasses with their own wire codes.
+and :class:`InvalidTuple` (bad input), :class:`ResolutionTooComplex` (depth limit), and
+from the service :class:`DuplicateTuple`, :class:`MissingTuple`, :class:`InvalidToken`,
+:class:`FutureToken`, :class:`ModelNotFound`; all are ``nexusfs.errors.NexusError``
+subclasses with their own wire codes.
+
+Importing this package imports neither SQLAlchemy nor the service: the engine stays
+usable without a record store.
 """
 
 from __future__ import annotations
@@ -28,7 +35,17 @@ from importlib.metadata import PackageNotFoundError, version
 from nexusfs_rebac.defaults import default_model, default_model_text
 from nexusfs_rebac.dsl import load_model, parse_model
 from nexusfs_rebac.engine import DEFAULT_MAX_DEPTH, Engine, compile_model
-from nexusfs_rebac.errors import InvalidRequest, InvalidTuple, ModelError, ResolutionTooComplex
+from nexusfs_rebac.errors import (
+    DuplicateTuple,
+    FutureToken,
+    InvalidRequest,
+    InvalidToken,
+    InvalidTuple,
+    MissingTuple,
+    ModelError,
+    ModelNotFound,
+    ResolutionTooComplex,
+)
 from nexusfs_rebac.hierarchy import PathHierarchy, PathTree, decode_id, encode_id, path_object
 from nexusfs_rebac.listing import UserList
 from nexusfs_rebac.model import (
@@ -62,13 +79,18 @@ __all__ = [
     "ComputedRelation",
     "ComputedUserset",
     "Direct",
+    "DuplicateTuple",
     "Engine",
     "Exclusion",
+    "FutureToken",
     "Intersection",
     "InvalidRequest",
+    "InvalidToken",
     "InvalidTuple",
     "MemoryTupleSource",
+    "MissingTuple",
     "ModelError",
+    "ModelNotFound",
     "OverlaySource",
     "PathHierarchy",
     "PathTree",

@@ -6,6 +6,13 @@ class has its own wire ``code`` (prefixed ``rebac_``), registered with
 :func:`nexusfs.errors.register_error`, so a process that imports this package rebuilds a
 service answer as the same class; one that does not still sees the ``code``.
 
+The service (:mod:`nexusfs_rebac.service`) adds the storage-level errors: a write of a
+tuple that exists (:class:`DuplicateTuple`) or a delete of one that does not
+(:class:`MissingTuple`), both unless asked to ignore them; a malformed consistency
+token or one issued by another store (:class:`InvalidToken`); a token naming a revision
+this store has not reached even after a short wait (:class:`FutureToken`); an unknown
+model id (:class:`ModelNotFound`).
+
 Invariant: the engine never answers a question it could not fully resolve. Bad input
 raises :class:`ModelError` / :class:`InvalidRequest` / :class:`InvalidTuple` before any
 evaluation; an evaluation that exceeds the resolution depth raises
@@ -17,9 +24,14 @@ from __future__ import annotations
 from nexusfs.errors import NexusError, register_error
 
 __all__ = [
+    "DuplicateTuple",
+    "FutureToken",
     "InvalidRequest",
+    "InvalidToken",
     "InvalidTuple",
+    "MissingTuple",
     "ModelError",
+    "ModelNotFound",
     "ResolutionTooComplex",
 ]
 
@@ -82,3 +94,43 @@ class ResolutionTooComplex(NexusError, RuntimeError):
     message names the request and the limit."""
 
     code = "rebac_resolution_too_complex"
+
+
+@register_error
+class DuplicateTuple(InvalidRequest):
+    """A write names tuples that are already stored (and ``ignore_duplicates`` was not
+    set). Nothing of the write was applied; the message lists the tuples."""
+
+    code = "rebac_duplicate_tuple"
+
+
+@register_error
+class MissingTuple(InvalidRequest):
+    """A write deletes tuples that are not stored (and ``ignore_missing`` was not set).
+    Nothing of the write was applied; the message lists the tuples."""
+
+    code = "rebac_missing_tuple"
+
+
+@register_error
+class InvalidToken(InvalidRequest):
+    """A consistency or continuation token is malformed, or was issued by another store
+    (a different database, or one that was wiped and recreated)."""
+
+    code = "rebac_invalid_token"
+
+
+@register_error
+class FutureToken(InvalidToken):
+    """A consistency token names a revision the store has not reached, even after a
+    short wait: it was not issued by this store's writes (a committed write is visible
+    at once), so answering would silently break the caller's consistency."""
+
+    code = "rebac_future_token"
+
+
+@register_error
+class ModelNotFound(NexusError, LookupError):
+    """No authorization model with that id was ever written to this store."""
+
+    code = "rebac_model_not_found"

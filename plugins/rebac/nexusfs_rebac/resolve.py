@@ -83,6 +83,7 @@ class Resolver:
         max_depth: int,
         lister: Lister | None = None,
         reuse: bool = True,
+        msets: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self.source = source
         # Whether more top-level questions will follow (batch, listings): only then is
@@ -94,7 +95,9 @@ class Resolver:
         # two modes are memoised apart: in positive mode FALSE may stand for UNKNOWN.
         self.pos = True
         self.lister = lister
-        self.msets: dict[str, frozenset[str]] = {}
+        # The user's membership sets by shortcut plan: pure functions of the user and the
+        # tuples, so a caller may share them across requests while nothing is written.
+        self.msets: dict[str, frozenset[str]] = {} if msets is None else msets
         self.pmemo: dict[tuple[str, str], int] = {}
         self.user = user
         self.kind = user.kind

@@ -89,6 +89,14 @@ def _split(t: TupleKey) -> tuple[str, str, str, str, str]:
     return t.object, t.relation, t.object.partition(":")[0], s.kind, s.subject
 
 
+def _split_trusted(obj: str, rel: str, user: str) -> tuple[str, str, str, str, str]:
+    """:func:`_split` by string slicing only (the tuple is known to be well-formed)."""
+    head, hash_, urel = user.partition("#")
+    utype, _, uid = head.partition(":")
+    kind = f"{utype}#{urel}" if hash_ else f"{utype}:*" if uid == "*" else utype
+    return obj, rel, obj.partition(":")[0], kind, head
+
+
 class MemoryTupleSource:
     """Tuples in two dictionary indexes: forward ``(object, relation) -> kind ->
     subjects`` and reverse ``(relation, object_type, kind) -> subject -> objects``.
@@ -107,7 +115,19 @@ class MemoryTupleSource:
     def add(self, t: TupleKey | str | tuple[str, str, str]) -> bool:
         """Store a tuple; ``False`` if it was already there. Raises ``InvalidTuple`` for
         a malformed tuple (nothing stored)."""
-        obj, rel, otype, kind, subj = _split(TupleKey.coerce(t))
+        return self._add(*_split(TupleKey.coerce(t)))
+
+    def add_trusted(self, object: str, relation: str, user: str) -> bool:
+        """:meth:`add` for a tuple already known to be well-formed (read back from
+        storage that validated it): no syntax check, about 5x faster. A malformed tuple
+        here is a caller bug and indexes garbage."""
+        return self._add(*_split_trusted(object, relation, user))
+
+    def remove_trusted(self, object: str, relation: str, user: str) -> bool:
+        """:meth:`remove` for a well-formed tuple (see :meth:`add_trusted`)."""
+        return self._remove(*_split_trusted(object, relation, user))
+
+    def _add(self, obj: str, rel: str, otype: str, kind: str, subj: str) -> bool:
         subjects = self._fwd.setdefault((obj, rel), {}).setdefault(kind, set())
         if subj in subjects:
             return False
@@ -119,7 +139,9 @@ class MemoryTupleSource:
     def remove(self, t: TupleKey | str | tuple[str, str, str]) -> bool:
         """Delete a tuple; ``False`` if it was not there. Raises ``InvalidTuple`` for a
         malformed tuple."""
-        obj, rel, otype, kind, subj = _split(TupleKey.coerce(t))
+        return self._remove(*_split(TupleKey.coerce(t)))
+
+    def _remove(self, obj: str, rel: str, otype: str, kind: str, subj: str) -> bool:
         by_kind = self._fwd.get((obj, rel))
         subjects = by_kind.get(kind) if by_kind else None
         if subjects is None or subj not in subjects:

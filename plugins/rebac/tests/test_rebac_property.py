@@ -103,10 +103,13 @@ def test_check_list_objects_list_users_agree_with_reference(
     tuples = [TupleKey(*t) for t in raw]
     engine = Engine(model, MemoryTupleSource(tuples), max_depth=200)
     refs = {s: reference(model, tuples, s, OBJECTS) for s in SUBJECTS}
-    # check == reference, for every subject and node
+    # check == reference, for every subject and node; also with memberships shared
+    # across all the checks (as the service shares them within one revision)
+    shared: dict[str, dict[str, frozenset[str]]] = {}
     for s in SUBJECTS:
         for (o, r), v in refs[s].items():
             assert engine.check(s, r, o) == (v == T), (s, r, o, v, text, raw)
+            assert engine.check(s, r, o, shared=shared) == (v == T), (s, r, o, v, text, raw)
     # list_objects == {o : check}
     for s in SUBJECTS:
         for t in TYPES:
@@ -127,6 +130,7 @@ def test_check_list_objects_list_users_agree_with_reference(
     # batch_check agrees with check (shared memo across a user's items)
     items = [(s, r, o) for s in SUBJECTS[:5] for (o, r) in refs[s]]
     assert engine.batch_check(items) == [refs[s][(o, r)] == T for s, r, o in items]
+    assert engine.batch_check(items, shared=shared) == [refs[s][(o, r)] == T for s, r, o in items]
 
 
 @SETTINGS
