@@ -3,17 +3,25 @@
     python bench/bench_bus.py [--quick]
 
 Measures, in one run (servers in separate processes):
-  (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99;
-  (b) BlockingClient round trip to an anyio bus server (async and plain handler);
-  (c) async Connection round trip (anyio, asyncio backend);
+  (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99 - the baseline;
+  (a') the event-loop floor: the same 8-byte blocking ping-pong against a minimal
+       asyncio ``Protocol`` echo server on the event loop the bus server uses (no
+       framing, no encoding, no dispatch) - what any asyncio server costs here;
+  (b) BlockingClient round trip to an anyio bus server: an ``async def`` handler without
+      ``await`` (served inline) and a plain handler - the targets;
+  (b') an ``async def`` handler that does await (it runs in a task of its own);
+  (c) async Connection round trip (anyio, same event loop choice);
   (d) pipelined throughput: BlockingClient.call_many and 64 concurrent async callers.
-Latency rounds alternate raw/bus so that machine noise hits both alike; the reported p50
-is the median of the per-round p50s. Always exits 0; prints PASS/MISS per target.
+The event loop is ``nexusfs.bus.runner``'s choice (``NEXUS_EVENT_LOOP``: uvloop when
+installed, else asyncio), as in the kernel process and the service workers. Latency
+rounds interleave the cases so that machine noise hits all alike; the reported p50 is
+the median of the per-round p50s. Always exits 0; prints PASS/MISS per target.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -23,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -31,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "kernel"))
 
 from nexusfs.bus import BlockingClient, connect_unix, serve_unix  # noqa: E402
+from nexusfs.bus.runner import event_loop_name  # noqa: E402
+from nexusfs.bus.runner import run as run_loop  # noqa: E402
 
 TARGET_P50_US = 40.0
 TARGET_RATIO = 4.0
@@ -55,11 +65,31 @@ def serve_raw(path: str) -> None:
         conn.close()
 
 
+def serve_floor(path: str) -> None:
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.WriteTransport, transport)  # uvloop's: no subclass
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_unix_server(Echo, path)
+        print("ready", flush=True)
+        await anyio.sleep_forever()
+
+    run_loop(main)
+
+
 class EchoService:
     async def echo(self, x: Any) -> Any:
         return x
 
     def echo_sync(self, x: Any) -> Any:
+        return x
+
+    async def echo_awaits(self, x: Any) -> Any:
+        await asyncio.sleep(0)
         return x
 
 
@@ -69,7 +99,7 @@ def serve_bus(path: str) -> None:
             await tg.start(serve_unix, path, lambda conn: EchoService())
             print("ready", flush=True)
 
-    anyio.run(main)
+    run_loop(main)
 
 
 def spawn(kind: str, path: str) -> subprocess.Popen[str]:
@@ -100,20 +130,26 @@ def time_loop(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def measure_latencies(raw_path: str, bus_path: str, n: int, rounds: int
+def measure_latencies(raw_path: str, floor_path: str, bus_path: str, n: int, rounds: int
                       ) -> dict[str, tuple[float, float]]:
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(raw_path)
+    floor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    floor.connect(floor_path)
 
-    def ping() -> None:
-        raw.sendall(b"12345678")
-        raw.recv(8)
+    def ping(sock: socket.socket) -> None:
+        sock.sendall(b"12345678")
+        got = len(sock.recv(8))
+        while got < 8:
+            got += len(sock.recv(8 - got))
 
     client = BlockingClient(bus_path, timeout=30)
     cases: dict[str, Callable[[], Any]] = {
-        "raw": ping,
+        "raw": lambda: ping(raw),
+        "floor": lambda: ping(floor),
         "bus_async": lambda: client.call("echo", x=1),
         "bus_sync": lambda: client.call("echo_sync", x=1),
+        "bus_awaits": lambda: client.call("echo_awaits", x=1),
     }
     for fn in cases.values():  # warm up
         time_loop(fn, 200)
@@ -126,6 +162,7 @@ def measure_latencies(raw_path: str, bus_path: str, n: int, rounds: int
             p99s[name].append(pct(samples, 0.99))
     client.close()
     raw.close()
+    floor.close()
     return {k: (statistics.median(p50s[k]), statistics.median(p99s[k])) for k in cases}
 
 
@@ -155,7 +192,7 @@ def measure_async(bus_path: str, n: int, batch: int) -> tuple[float, float, floa
                     tg.start_soon(worker)
             result.append(per_worker * 64 / (perf() - t0))
 
-    anyio.run(main)
+    run_loop(main)
     return result[0], result[1], result[2]
 
 
@@ -175,6 +212,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short run (< 10 s)")
     ap.add_argument("--serve-raw", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--serve-bus", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-floor", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_raw:
         serve_raw(args.serve_raw)
@@ -182,14 +220,18 @@ def main() -> int:
     if args.serve_bus:
         serve_bus(args.serve_bus)
         return 0
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
 
     n, rounds, batch = (1500, 3, 20_000) if args.quick else (10_000, 5, 200_000)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nexus-bench-bus-") as tmp:
         raw_path, bus_path = os.path.join(tmp, "raw.sock"), os.path.join(tmp, "run", "bus.sock")
-        procs = [spawn("raw", raw_path), spawn("bus", bus_path)]
+        floor_path = os.path.join(tmp, "floor.sock")
+        procs = [spawn("raw", raw_path), spawn("floor", floor_path), spawn("bus", bus_path)]
         try:
-            lat = measure_latencies(raw_path, bus_path, n, rounds)
+            lat = measure_latencies(raw_path, floor_path, bus_path, n, rounds)
             a50, a99, async_tput = measure_async(bus_path, n, batch)
             many_async = measure_call_many(bus_path, batch, "echo")
             many_sync = measure_call_many(bus_path, batch, "echo_sync")
@@ -204,26 +246,33 @@ def main() -> int:
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
+    floor50, floor99 = lat["floor"]
     rows.append(("(a) raw socket ping-pong", f"{raw50:7.1f}", f"{raw99:7.1f}", "baseline"))
+    rows.append(("(a') event-loop floor (8 bytes)", f"{floor50:7.1f}", f"{floor99:7.1f}",
+                 f"{floor50 / raw50:4.1f}x raw  (no target: the floor)"))
     for key, label in (("bus_async", "async handler"), ("bus_sync", "plain handler")):
         p50, p99 = lat[key]
         ratio = p50 / raw50
         ok = p50 <= TARGET_P50_US and ratio <= TARGET_RATIO
         rows.append((f"(b) BlockingClient, {label}", f"{p50:7.1f}", f"{p99:7.1f}",
-                     f"{ratio:4.1f}x raw  p50<={TARGET_P50_US:.0f}us & <={TARGET_RATIO:.0f}x "
-                     f"{verdict(ok)}"))
+                     f"{ratio:4.1f}x raw, {p50 / floor50:4.1f}x floor  "
+                     f"p50<={TARGET_P50_US:.0f}us & <={TARGET_RATIO:.0f}x {verdict(ok)}"))
+    p50, p99 = lat["bus_awaits"]
+    rows.append(("(b') BlockingClient, awaiting handler", f"{p50:7.1f}", f"{p99:7.1f}",
+                 f"{p50 / raw50:4.1f}x raw, {p50 / floor50:4.1f}x floor  (no target)"))
     rows.append(("(c) async Connection", f"{a50:7.1f}", f"{a99:7.1f}",
                  f"{a50 / raw50:4.1f}x raw  (no target)"))
     print(f"\nbus benchmark ({'quick' if args.quick else 'full'}; {n} calls x {rounds} rounds; "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus)\n")
-    print(f"{'case':34} {'p50 us':>8} {'p99 us':>8}  result")
+          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; "
+          f"event loop {event_loop_name()})\n")
+    print(f"{'case':38} {'p50 us':>8} {'p99 us':>8}  result")
     for r in rows:
-        print(f"{r[0]:34} {r[1]:>8} {r[2]:>8}  {r[3]}")
-    print(f"\n{'throughput':34} {'calls/s':>17}  result")
+        print(f"{r[0]:38} {r[1]:>8} {r[2]:>8}  {r[3]}")
+    print(f"\n{'throughput':38} {'calls/s':>17}  result")
     for label, v in (("(d) call_many, async handler", many_async),
                      ("(d) call_many, plain handler", many_sync),
                      ("(d) 64 concurrent async callers", async_tput)):
-        print(f"{label:34} {v:17,.0f}  >={TARGET_CALLS_S:,.0f}/s "
+        print(f"{label:38} {v:17,.0f}  >={TARGET_CALLS_S:,.0f}/s "
               f"{verdict(v >= TARGET_CALLS_S)}")
     print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
     return 0

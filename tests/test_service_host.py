@@ -7,6 +7,7 @@ once that directory is on ``sys.path`` / ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -117,7 +118,8 @@ async def test_post_hooks_in_order_with_seq(tmp_path: Path, markers: Path) -> No
         assert [e["seq"] for e in evs] == list(range(1, 301))
         assert [e["path"] for e in evs] == [f"/f{i}" for i in range(300)]
         assert evs[1]["ok"] is False
-        assert info(host, "echo")["post_queue"] == 0
+        # The worker writes an event before it acknowledges its batch: wait for the ack.
+        await wait_for(lambda: info(host, "echo")["post_queue"] == 0, what="queue drained")
 
 
 @pytest.mark.anyio
@@ -369,3 +371,169 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# -- units of the hot paths: outbox batching, the worker's thread pool, ctx.kernel ------
+
+
+@pytest.mark.anyio
+async def test_outbox_lingers_to_batch_and_redelivers() -> None:
+    from nexusfs.errors import NexusError
+    from nexusfs.services.outbox import Outbox
+
+    box = Outbox("t", linger=0.3, retry_delay=0.01)
+    sent: list[list[int]] = []
+    fail = [True]
+
+    async def send(batch: list[list[Any]]) -> int:
+        sent.append([item[0] for item in batch])
+        if fail[0]:
+            fail[0] = False
+            raise NexusError("worker lost")  # the same items must come again
+        return int(batch[-1][0])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(box.run, send)
+        box.append({"seq": 1}, {})
+        await anyio.sleep(0.05)
+        for i in range(2, 11):  # arrive while the first one lingers
+            box.append({"seq": i}, {})
+            await anyio.sleep(0)
+        await wait_for(lambda: len(box) == 0, what="delivery")
+        tg.cancel_scope.cancel()
+    assert sent == [list(range(1, 11)), list(range(1, 11))]  # one batch, sent twice
+    assert box.delivered == 10 and box.acked == 10 and box.batches == 2
+    with pytest.raises(ValueError):
+        Outbox("t", linger=-1)
+
+
+@pytest.mark.anyio
+async def test_thread_runner() -> None:
+    import threading
+
+    from nexusfs.services._context import ThreadRunner
+
+    runner = ThreadRunner(3, idle_timeout=0.2)
+    main_thread = threading.get_ident()
+    assert await runner.run(threading.get_ident) != main_thread
+
+    def boom() -> None:
+        raise KeyError("from the thread")
+
+    with pytest.raises(KeyError, match="from the thread"):
+        await runner.run(boom)
+
+    # Up to max_threads jobs run at the same time (the barrier needs all three).
+    barrier = threading.Barrier(3, timeout=10)
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(runner.run, barrier.wait)
+    assert runner.threads == 3
+
+    # Beyond that, jobs wait for a free thread (in order) instead of failing.
+    release = threading.Event()
+    order: list[int] = []
+
+    def blocked(i: int) -> None:
+        release.wait(10)
+        order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(runner.run, functools.partial(blocked, i))
+        await anyio.sleep(0.1)
+        assert order == [] and runner.threads == 3
+        release.set()
+    assert sorted(order) == list(range(5)) and runner.threads <= 3
+
+    # anyio.from_thread works in its threads, as in AnyIO worker threads.
+    async def on_loop() -> int:
+        return threading.get_ident()
+
+    assert await runner.run(lambda: anyio.from_thread.run(on_loop)) == main_thread
+
+    # A cancelled caller drops the result; the pool keeps working.
+    with anyio.move_on_after(0.05):
+        await runner.run(lambda: time.sleep(0.2))
+    assert await runner.run(lambda: 42) == 42
+    await wait_for(lambda: runner.threads == 0, timeout=10, what="idle threads exit")
+    with pytest.raises(ValueError, match="max_threads"):
+        ThreadRunner(0)
+
+
+@pytest.mark.anyio
+async def test_kernel_client_from_any_thread_but_the_loop(tmp_path: Path) -> None:
+    import threading
+
+    from nexusfs.bus import connect_unix, serve_unix
+    from nexusfs.services._context import KernelClient
+
+    path = tmp_path / "k.sock"
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve_unix, path, lambda conn: {"kernel.ping": lambda: "pong"})
+        async with connect_unix(path) as conn:
+            kernel = KernelClient(conn, timeout=5.0)
+            with pytest.raises(RuntimeError, match="acall"):
+                kernel._call("kernel.ping")  # would deadlock the loop it runs on
+            got: list[Any] = []
+            t = threading.Thread(target=lambda: got.append(kernel._call("kernel.ping")))
+            t.start()  # a plain thread, not one of the worker's pool
+            await wait_for(lambda: got, timeout=10, what="the call from a thread")
+            t.join(5)
+            assert got == ["pong"] and await kernel.acall("kernel.ping") == "pong"
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_pipeline_post_only_path_builds_wire_events() -> None:
+    from nexusfs.errors import NotFound
+    from nexusfs.metadata.inode import EntryType, FileMetadata
+    from nexusfs.server.pipeline import Pipeline
+    from nexusfs.services.host import EVENT_FIELDS, OUTCOME_FIELDS
+
+    class PostOnly:
+        def __init__(self) -> None:
+            self.posted: list[tuple[list[Any], list[Any]]] = []
+
+        def has_pre_hooks(self, op: str) -> bool:
+            return False
+
+        def has_post_hooks(self, op: str) -> bool:
+            return op != "readdir"
+
+        async def pre_syscall(self, event: SyscallEvent) -> None:
+            raise AssertionError("no pre-hooks here")
+
+        def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
+            raise AssertionError("the post-only path posts wire events")
+
+        def post_event(self, event: list[Any], outcome: list[Any]) -> None:
+            self.posted.append((event, outcome))
+
+    host = PostOnly()
+    pipe = Pipeline(host)
+    meta = FileMetadata(path="/a/b", entry_type=EntryType.FILE, size=3, version=7,
+                        content_id="c1")
+    assert pipe.runs_now("write")
+    assert pipe.run_now("write", "/a//b/", lambda: meta, subject="alice",
+                        args={"size": 3}) is meta
+
+    def missing() -> None:
+        raise NotFound("no such file", path="/x")
+
+    with pytest.raises(NotFound):
+        await pipe.run("stat", "/x", missing)
+    assert await pipe.run("copy", "/c", lambda: 5, threaded=True) == 5  # in a thread
+    assert await pipe.run("readdir", "/", lambda: []) == []  # not hooked: nothing posted
+    (ev1, out1), (ev2, out2), (ev3, out3) = [
+        (dict(zip(EVENT_FIELDS, e, strict=True)), dict(zip(OUTCOME_FIELDS, o, strict=True)))
+        for e, o in host.posted]
+    assert {k: ev1[k] for k in ("op", "path", "subject", "dst", "args")} == {
+        "op": "write", "path": "/a/b", "subject": "alice", "dst": None, "args": {"size": 3}}
+    assert ev1["seq"] < ev2["seq"] < ev3["seq"] and ev1["time"] > 0
+    assert out1 == {"ok": True, "error_code": None, "message": None, "revision": 7,
+                    "result": {"size": 3, "version": 7, "content_id": "c1", "type": "file"}}
+    assert (out2["ok"], out2["error_code"]) == (False, "not_found")
+    assert "no such file" in out2["message"] and ev3["op"] == "copy" and out3["ok"]
+    # What the worker rebuilds from the wire form is the same event.
+    assert SyscallEvent(*host.posted[0][0]).path == "/a/b"

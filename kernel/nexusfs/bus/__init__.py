@@ -5,6 +5,8 @@
 * :func:`serve_unix` / :func:`connect_unix` - listener (0700 dir, 0600 socket,
   SO_PEERCRED check) and async connector.
 * :class:`BlockingClient` - thread-safe blocking client for synchronous callers.
+* :mod:`nexusfs.bus.runner` - ``run(main)``: the event loop bus processes run on (uvloop
+  when installed, ``NEXUS_EVENT_LOOP`` to choose).
 * Errors: :class:`FrameTooLarge`, :class:`ProtocolError`, :class:`UnknownMethod`,
   :class:`DeadlineExceeded` (a ServiceUnavailable and a TimeoutError),
   :class:`InternalError` (non-Nexus handler exceptions, code ``internal``); any

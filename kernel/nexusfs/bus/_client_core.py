@@ -19,9 +19,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
+from msgpack import unpackb
 
 from nexusfs.bus.protocol import (
     HEADER,
@@ -29,7 +30,7 @@ from nexusfs.bus.protocol import (
     FrameTooLarge,
     ProtocolError,
     UnknownMethod,
-    decode_body,
+    check_message,
     error_from_wire,
     error_message,
 )
@@ -89,8 +90,7 @@ class ClientCore:
         while not slot.done:
             if self._read_lock.acquire(blocking=False):
                 try:
-                    while not slot.done:
-                        self._read_once(deadline, block=True)
+                    self._lead(slot, deadline)
                 finally:
                     self._read_lock.release()
                     if self._waiters:
@@ -107,6 +107,55 @@ class ClientCore:
                             self._cond.wait(wait)
                     finally:
                         self._waiters -= 1
+
+    def _lead(self, slot: Slot, deadline: float | None) -> None:
+        """Leader only: read and dispatch until ``slot`` is done (the blocking path of
+        :meth:`_read_once`, in one loop: this is every call's hot path)."""
+        sock = self._sock
+        while not slot.done:
+            if self._closed:
+                raise ServiceUnavailable(f"bus connection closed: {self._close_reason}")
+            end = self._end
+            if end == len(self._buf):
+                self._make_room()
+                end = self._end
+            want = SLICE
+            if deadline is not None:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    raise DeadlineExceeded("deadline exceeded")
+                if remaining < SLICE:
+                    want = remaining
+            if want != self._rcvtimeo:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(want))
+                self._rcvtimeo = want
+            try:
+                n = sock.recv_into(self._view[end:])
+            except (BlockingIOError, InterruptedError):
+                continue  # SO_RCVTIMEO slice elapsed: check the deadline again
+            except OSError as exc:
+                self._fail(f"read failed: {exc!r}")
+                raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
+            if n == 0:
+                self._closed_by_peer()
+            self._end = end + n
+            try:
+                self._parse()
+            except (FrameTooLarge, ProtocolError) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+                raise ServiceUnavailable(f"bus connection lost: {exc}") from exc
+            if self._waiters:  # wake followers whose answers this read delivered
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _closed_by_peer(self) -> NoReturn:
+        reason = (
+            "truncated frame: server closed mid-frame"
+            if self._end > self._start
+            else "server closed the connection"
+        )
+        self._fail(reason)
+        raise ServiceUnavailable(f"bus connection lost: {reason}")
 
     def _drain_nowait(self) -> None:
         if self._read_lock.acquire(blocking=False):
@@ -148,13 +197,7 @@ class ClientCore:
             self._fail(f"read failed: {exc!r}")
             raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
         if n == 0:
-            reason = (
-                "truncated frame: server closed mid-frame"
-                if self._end > self._start
-                else "server closed the connection"
-            )
-            self._fail(reason)
-            raise ServiceUnavailable(f"bus connection lost: {reason}")
+            self._closed_by_peer()
         self._end += n
         try:
             self._parse()
@@ -183,7 +226,7 @@ class ClientCore:
         self._start, self._end = 0, live
 
     def _parse(self) -> None:
-        buf, view = self._buf, self._view
+        buf, view, pending = self._buf, self._view, self._pending
         start, end = self._start, self._end
         limit = self.max_frame_size
         while end - start >= 4:
@@ -195,9 +238,20 @@ class ClientCore:
             stop = start + 4 + size
             if stop > end:
                 break
-            msg = decode_body(view[start + 4 : stop])
+            try:
+                msg = unpackb(view[start + 4 : stop], raw=False, strict_map_key=False)
+            except Exception as exc:
+                raise ProtocolError(
+                    f"undecodable frame body: {type(exc).__name__}: {exc}") from None
             start = stop
-            self._dispatch(msg)
+            if (type(msg) is dict and msg.get("t") == "res"
+                    and type(rid := msg.get("id")) is int and "r" in msg):
+                slot = pending.pop(rid, None)  # the answer of a call: the hot path
+                if slot is not None:
+                    slot.result = msg["r"]
+                    slot.done = True
+            else:
+                self._dispatch(check_message(msg))
         if start == end:
             start = end = 0
             if len(buf) > BUF_SIZE:  # drop a buffer grown for one big frame

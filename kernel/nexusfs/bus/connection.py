@@ -7,8 +7,12 @@ service->kernel calls share one socket.
 Invariants and failure semantics:
 
 * Pipelining: any number of calls may be outstanding; responses are matched by id and
-  may arrive in any order. The reader task never awaits a handler: every request runs in
-  its own task (inside the connection's task group) under its own cancel scope.
+  may arrive in any order. The reader never awaits a handler: a handler that cannot
+  suspend (a plain function, or an ``async def`` without ``await``) is run to completion
+  as its request is read; any other runs in a task of its own, so a slow handler never
+  holds up the others. Such inline handlers must therefore not block (a plain handler
+  that does blocks the whole connection) and must not rely on running in a task of
+  their own (``asyncio.current_task()``).
 * Deadlines: a call's deadline (absolute ``time.time()`` seconds) travels in the frame.
   When it passes the caller raises :class:`DeadlineExceeded` and sends a ``cancel``; the
   serving side cancels the handler when the cancel arrives *or* its own copy of the
@@ -29,8 +33,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -38,7 +43,8 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from nexusfs.bus._serve import AnyioEngine, AsyncioEngine, Engine
+from nexusfs.bus._asyncio_engine import AsyncioEngine
+from nexusfs.bus._serve import AnyioEngine, handler_kind
 from nexusfs.bus.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     DeadlineExceeded,
@@ -61,6 +67,8 @@ log = logging.getLogger("nexusfs.bus")
 Handlers = Mapping[str, Callable[..., Any]] | object | None
 
 _CANCEL_SEND_TIMEOUT = 1.0
+
+Engine = AnyioEngine | AsyncioEngine
 
 
 class _Waiter:
@@ -95,7 +103,7 @@ class Connection:
     ) -> None:
         self._stream = stream
         self._handlers: Handlers = handlers
-        self._resolved: dict[str, Callable[..., Any] | None] = {}
+        self._resolved: dict[str, tuple[Callable[..., Any] | None, int]] = {}
         self.max_frame_size = max_frame_size
         self.default_timeout = default_timeout
         self.name = name
@@ -152,18 +160,36 @@ class Connection:
         """
         return await self.request(method, args, deadline=deadline, timeout=timeout)
 
-    async def request(
+    def request(
         self,
         method: str,
         args: Mapping[str, Any] | None = None,
         *,
         deadline: float | None = None,
         timeout: float | None = None,
-    ) -> Any:
-        """Like :meth:`call` with the arguments as a mapping."""
+    ) -> Coroutine[Any, Any, Any]:
+        """Like :meth:`call` with the arguments as a mapping (a coroutine to await)."""
+        engine = self._engine
+        d = resolve_deadline(deadline, timeout, self.default_timeout)
+        if type(engine) is AsyncioEngine:
+            return engine.call(method, args, d)  # the hot path: one coroutine, not two
+        return self._request(method, args, d)
+
+    async def _request(self, method: str, args: Mapping[str, Any] | None,
+                       d: float | None) -> Any:
+        engine = self._engine
         if self._closed:
             raise ServiceUnavailable(f"bus connection closed: {self._close_reason}")
-        d = self._deadline(deadline, timeout)
+        if engine is None:  # run() has not created the engine yet
+            with anyio.move_on_after(math.inf if d is None else d - time.time()):
+                await self._ready.wait()
+            engine = self._engine
+            if type(engine) is AsyncioEngine:
+                return await engine.call(method, args, d)
+            if engine is None and not self._closed:
+                raise DeadlineExceeded(f"{method}: deadline exceeded")
+            if self._closed:
+                raise ServiceUnavailable(f"bus connection closed: {self._close_reason}")
         rid = next(self._ids)
         frame = encode_frame(
             {"t": "req", "id": rid, "m": method, "a": dict(args) if args else {}, "d": d},
@@ -263,9 +289,6 @@ class Connection:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _deadline(self, deadline: float | None, timeout: float | None) -> float | None:
-        return resolve_deadline(deadline, timeout, self.default_timeout)
-
     def _shutdown(self, reason: str) -> None:
         if self._closed:
             return
@@ -328,6 +351,11 @@ class Connection:
             engine.spawn_note(msg["m"], msg["a"])
 
     def _resolve(self, name: str) -> Callable[..., Any] | None:
+        return self._handler(name)[0]
+
+    def _handler(self, name: str) -> tuple[Callable[..., Any] | None, int]:
+        """The handler of ``name`` (``None`` if there is none) and its kind
+        (:func:`~nexusfs.bus._serve.handler_kind`), cached per name."""
         try:
             return self._resolved[name]
         except KeyError:
@@ -340,9 +368,10 @@ class Connection:
             fn = getattr(h, name, None)
         if not callable(fn):
             fn = None
+        entry = (fn, handler_kind(fn) if fn is not None else 0)
         if len(self._resolved) < 4096:
-            self._resolved[name] = fn
-        return fn  # type: ignore[no-any-return]
+            self._resolved[name] = entry
+        return entry
 
     async def _reply(self, rid: int, reply: dict[str, Any]) -> None:
         """Send a handler's answer; an unencodable or oversized result becomes an error

@@ -24,6 +24,9 @@ Invariants:
   connection (the byte stream can no longer be trusted).
 * msgpack maps become ``dict`` and arrays become ``list`` (tuples do not round-trip);
   ``bytes`` stay ``bytes`` and ``str`` stays ``str``.
+* :class:`FramePacker` is the per-connection encoder (one reusable msgpack packer, not
+  thread-safe: one per connection or lock-protected); it enforces the same limit as
+  :func:`encode_frame` and produces the same bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import time
 from typing import Any, Final
 
 import msgpack
+from msgpack import unpackb as _unpackb
 
 from nexusfs.errors import Conflict, NexusError, ServiceUnavailable, error_from_code
 
@@ -42,6 +46,7 @@ __all__ = [
     "HEADER",
     "DeadlineExceeded",
     "FrameDecoder",
+    "FramePacker",
     "FrameTooLarge",
     "InternalError",
     "ProtocolError",
@@ -56,6 +61,7 @@ __all__ = [
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 HEADER: Final = struct.Struct(">I")
 _MAX_WIRE_SIZE: Final = 0xFFFFFFFF
+_SMALL_FRAME: Final = 16384
 
 
 class FrameTooLarge(NexusError, ValueError):
@@ -161,6 +167,35 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+class FramePacker:
+    """Encoder of whole frames with one reusable msgpack packer (cheaper than
+    :func:`encode_frame`, which builds a packer per call). Not thread-safe.
+
+    :meth:`frame` raises :class:`FrameTooLarge` above ``max_frame_size`` and ``TypeError``
+    for values msgpack cannot encode; nothing is returned (so nothing is sent) then.
+    """
+
+    __slots__ = ("_pack", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def frame(self, msg: dict[str, Any]) -> bytes:
+        try:
+            body: bytes = self._pack(msg)
+        except BaseException:
+            # A failed pack may leave partial data in the packer's buffer: start afresh.
+            self._pack = msgpack.Packer(use_bin_type=True).pack
+            raise
+        n = len(body)
+        if n > self.max_frame_size or n > _MAX_WIRE_SIZE:
+            raise FrameTooLarge(
+                f"frame of {n} bytes exceeds the limit of {self.max_frame_size} bytes"
+            )
+        return HEADER.pack(n) + body
+
+
 def encode_frame(msg: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Header + msgpack body of ``msg``.
 
@@ -178,7 +213,7 @@ def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode and validate one frame body; :class:`ProtocolError` if it is not a valid
     message."""
     try:
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        obj = _unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # ExtraData, FormatError, StackError, ValueError...
         raise ProtocolError(f"undecodable frame body: {type(exc).__name__}: {exc}") from None
     return check_message(obj)
@@ -191,6 +226,27 @@ def _is_int(v: Any) -> bool:
 def check_message(obj: Any) -> dict[str, Any]:
     """Validate a decoded body (see the module docstring); return it or raise
     :class:`ProtocolError` naming what is wrong."""
+    # Fast path for the two messages of every call; anything else (or anything
+    # suspicious) takes the full check below, which names the problem.
+    if type(obj) is dict:
+        t = obj.get("t")
+        if t == "res":
+            if type(obj.get("id")) is int and "r" in obj:
+                return obj
+        elif t == "req":
+            d = obj.get("d", 0)
+            if (
+                type(obj.get("id")) is int
+                and type(obj.get("m")) is str
+                and type(obj.get("a")) is dict
+                and (d is None or type(d) is float or type(d) is int)
+                and "d" in obj
+            ):
+                return obj
+    return _check_message_slow(obj)
+
+
+def _check_message_slow(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ProtocolError(f"frame body is a {type(obj).__name__}, not a map")
     t = obj.get("t")
@@ -241,7 +297,7 @@ class FrameDecoder:
     def pending(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
         buf = self._buf
         if buf:
             buf += data
@@ -252,18 +308,22 @@ class FrameDecoder:
         pos = 0
         end = len(src)
         limit = self.max_frame_size
-        with memoryview(src) as view:
-            while end - pos >= 4:
-                (size,) = HEADER.unpack_from(src, pos)
-                if size > limit:
-                    raise FrameTooLarge(
-                        f"peer announced a frame of {size} bytes; the limit is {limit} bytes"
-                    )
-                stop = pos + 4 + size
-                if stop > end:
-                    break
-                out.append(decode_body(view[pos + 4 : stop]))
-                pos = stop
+        unpack_from = HEADER.unpack_from
+        while end - pos >= 4:
+            (size,) = unpack_from(src, pos)
+            if size > limit:
+                raise FrameTooLarge(
+                    f"peer announced a frame of {size} bytes; the limit is {limit} bytes"
+                )
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            if size <= _SMALL_FRAME:  # a copy is cheaper to unpack than a view
+                out.append(decode_body(src[pos + 4 : stop]))
+            else:  # no copy of a large body; the view is released before buf changes
+                with memoryview(src) as view, view[pos + 4 : stop] as body:
+                    out.append(decode_body(body))
+            pos = stop
         if src is buf:
             del buf[:pos]
         elif pos < end:

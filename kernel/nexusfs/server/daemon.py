@@ -122,9 +122,9 @@ def serve_forever(
     os.chmod(rdir, 0o700)
     fs = open_embedded(settings)
     try:
-        import anyio
+        from nexusfs.bus.runner import run as run_loop
 
-        anyio.run(_serve, fs, settings)
+        run_loop(_serve, fs, settings)
     finally:
         fs.close()
         with contextlib.suppress(OSError):

@@ -10,6 +10,12 @@ what installed services contribute. For each syscall:
    silent hook service raises ``ServiceUnavailable`` - the syscall never runs
    unchecked), then the operation, then post-hooks are *queued* (the caller never waits
    for them) with the outcome, success or typed error.
+3. When no pre-hook applies, the syscall runs synchronously (:meth:`Pipeline.run_now`:
+   the bus answers it without a task). When only post-hooks apply (no watcher either:
+   the common case of an audit service), the event and outcome are built straight in
+   their wire form (the fields of ``SyscallEvent`` / ``SyscallOutcome`` as lists, see
+   ``HookHost.post_event``) - the caller's whole cost is two small lists and an
+   in-memory enqueue; delivery happens later, batched, off the caller's path.
 
 Sequence numbers are microsecond timestamps made strictly increasing, so they stay
 unique across restarts of the kernel process (as long as the clock does not go back by
@@ -27,7 +33,7 @@ import anyio
 from nexusfs import paths
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
-from nexusfs.metadata.inode import FileMetadata
+from nexusfs.metadata.inode import EntryType, FileMetadata
 
 __all__ = ["HookHost", "Pipeline"]
 
@@ -41,6 +47,7 @@ class HookHost(Protocol):
     def has_post_hooks(self, op: str) -> bool: ...
     async def pre_syscall(self, event: SyscallEvent) -> None: ...
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None: ...
+    def post_event(self, event: list[Any], outcome: list[Any]) -> None: ...
 
 
 class Pipeline:
@@ -103,11 +110,20 @@ class Pipeline:
         threaded: bool = False,
     ) -> T:
         """Run ``fn`` as syscall ``op`` on ``path`` through the hooks."""
+        if not threaded and self.runs_now(op):
+            return self.run_now(op, path, fn, subject=subject, dst=dst, args=args)
         host = self.host
-        if not self._watchers and (
-            host is None or not (host.has_pre_hooks(op) or host.has_post_hooks(op))
-        ):
-            return await anyio.to_thread.run_sync(fn) if threaded else fn()
+        if not self._watchers and (host is None or not host.has_pre_hooks(op)):
+            if host is None or not host.has_post_hooks(op):
+                return await anyio.to_thread.run_sync(fn)
+            wire_event = self._post_event(op, path, subject, dst, args)
+            try:
+                result = await anyio.to_thread.run_sync(fn)
+            except BaseException as exc:
+                self._post_failure(host, wire_event, exc)
+                raise
+            host.post_event(wire_event, outcome_wire(result))
+            return result
         event = self.event(op, path, subject=subject, dst=dst, args=args)
         await self._pre_hooks(event)
         try:
@@ -120,6 +136,67 @@ class Pipeline:
             raise
         self.finish(event, outcome_of(result))
         return result
+
+    def runs_now(self, op: str) -> bool:
+        """Whether :meth:`run_now` may run ``op``: no pre-hook applies to it (pre-hooks
+        are remote calls, which must be awaited)."""
+        host = self.host
+        return host is None or not host.has_pre_hooks(op)
+
+    def run_now(
+        self,
+        op: str,
+        path: str,
+        fn: Callable[[], T],
+        *,
+        subject: str | None = None,
+        dst: str | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> T:
+        """:meth:`run` done synchronously, for a syscall no pre-hook applies to
+        (:meth:`runs_now`; the caller checks): ``fn()`` on this thread, then the
+        post-hooks are queued and watchers told. The bus answers such a call inline,
+        without a task."""
+        host = self.host
+        if self._watchers:
+            event = self.event(op, path, subject=subject, dst=dst, args=args)
+            try:
+                result = fn()
+            except NexusError as exc:
+                self.finish(event, SyscallOutcome(False, exc.code, str(exc)))
+                raise
+            except Exception as exc:
+                self.finish(event, SyscallOutcome(False, "internal", str(exc)))
+                raise
+            self.finish(event, outcome_of(result))
+            return result
+        if host is None or not host.has_post_hooks(op):
+            return fn()
+        # Post-hooks only: the event goes straight to its wire form.
+        wire_event = self._post_event(op, path, subject, dst, args)
+        try:
+            result = fn()
+        except BaseException as exc:
+            self._post_failure(host, wire_event, exc)
+            raise
+        host.post_event(wire_event, outcome_wire(result))
+        return result
+
+    def _post_event(self, op: str, path: str, subject: str | None, dst: str | None,
+                    args: dict[str, Any] | None) -> list[Any]:
+        try:
+            path = paths.normalize(path)
+            dst = None if dst is None else paths.normalize(dst)
+        except NexusError:
+            pass  # the syscall itself reports the invalid path
+        return [op, path, subject, dst, args or {}, time.time(), self.next_seq()]
+
+    @staticmethod
+    def _post_failure(host: HookHost, event: list[Any], exc: BaseException) -> None:
+        if isinstance(exc, NexusError):
+            host.post_event(event, _failure(exc.code, str(exc)))
+        elif isinstance(exc, Exception):
+            host.post_event(event, _failure("internal", str(exc)))
 
     async def pre(self, op: str, path: str, **kw: Any) -> SyscallEvent | None:
         """Run the pre-hooks of a syscall that completes later (streaming handles);
@@ -172,6 +249,23 @@ class Pipeline:
         except NexusError:
             pass  # the syscall itself reports the invalid path
         return SyscallEvent(op, path, subject, dst, args or {}, time.time(), self.next_seq())
+
+
+def _failure(code: str, message: str) -> list[Any]:
+    return [False, code, message, None, {}]
+
+
+_TYPE_NAMES = {t: t.name.lower() for t in EntryType}
+
+
+def outcome_wire(result: Any) -> list[Any]:
+    """:func:`outcome_of` in its wire form (the ``SyscallOutcome`` fields as a list, what
+    ``HookHost.post_event`` takes)."""
+    if isinstance(result, FileMetadata):
+        return [True, None, None, result.version or None,
+                {"size": result.size, "version": result.version,
+                 "content_id": result.content_id, "type": _TYPE_NAMES[result.entry_type]}]
+    return [True, None, None, None, {}]
 
 
 def outcome_of(result: Any) -> SyscallOutcome:

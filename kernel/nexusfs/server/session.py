@@ -24,6 +24,7 @@ import anyio
 
 from nexusfs.errors import IsADirectory, NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.metadata.inode import FileMetadata
 from nexusfs.server import wire
 from nexusfs.server.pipeline import Pipeline, outcome_of
 
@@ -159,8 +160,15 @@ class Session:
         }  # fmt: skip
         return _Handlers(table, self.services)
 
-    def _run(self, op: str, path: str, fn: Callable[[], Any], **kw: Any) -> Awaitable[Any]:
-        return self.pipeline.run(op, path, fn, subject=self.subject, **kw)
+    def _run(self, op: str, path: str, fn: Callable[[], Any], *, threaded: bool = False,
+             **kw: Any) -> Any:
+        """The syscall's result when no pre-hook applies (computed now: the bus answers
+        it inline, without a task), else a coroutine to await (the bus runs it in a
+        task)."""
+        pipe = self.pipeline
+        if not threaded and pipe.runs_now(op):
+            return pipe.run_now(op, path, fn, subject=self.subject, **kw)
+        return pipe.run(op, path, fn, subject=self.subject, threaded=threaded, **kw)
 
     def hello(self, subject: str | None = None) -> dict[str, Any]:
         """A client introduces itself (trusted local mode: the subject it acts as)."""
@@ -215,17 +223,35 @@ class Session:
 
     # -- whole-file calls --------------------------------------------------------------
 
-    async def write(self, path: str, data: bytes, **opts: Any) -> list[Any]:
-        meta = await self._run(
+    def write(self, path: str, data: bytes, **opts: Any) -> Any:
+        """The new inode (a coroutine for it when pre-hooks apply or ``data`` is over
+        1 MiB, which is written in a thread)."""
+        res = self._run(
             "write", path, lambda: self.fs.write(path, data, **opts),
             args={"size": len(data)}, threaded=len(data) > (1 << 20),
         )  # fmt: skip
-        return wire.meta_to_wire(meta)
+        if isinstance(res, FileMetadata):
+            return wire.meta_to_wire(res)
+        return _then(res, wire.meta_to_wire)
 
-    async def read(self, path: str, offset: int = 0, size: int | None = None) -> dict[str, Any]:
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> Any:
         """Small ranges come back whole; a range over ``READ_CHUNK`` comes back as its
-        first chunk plus a handle pinned to that version, to read the rest from."""
+        first chunk plus a handle pinned to that version, to read the rest from. A
+        coroutine when a pre-hook applies or a range is that large (the answer is then
+        awaited in a task), else the answer itself."""
+        pipe = self.pipeline
+        if not pipe.runs_now("read"):
+            return self._read_hooked(path, offset, size)
+        event = pipe.event("read", path, subject=self.subject) if pipe.hooked("read") else None
+        return self._read(event, path, offset, size)
+
+    async def _read_hooked(self, path: str, offset: int, size: int | None) -> dict[str, Any]:
         event = await self.pipeline.pre("read", path, subject=self.subject)
+        res = self._read(event, path, offset, size)
+        return res if isinstance(res, dict) else await res
+
+    def _read(self, event: SyscallEvent | None, path: str, offset: int,
+              size: int | None) -> Any:
         try:
             meta = self.fs.stat(path)
             if meta.is_dir:
@@ -243,6 +269,10 @@ class Session:
         handle = self._open_now(path, "rb", {})
         f = self._handles[handle]
         f.seek(offset)
+        return self._first_chunk(f, handle, want)
+
+    @staticmethod
+    async def _first_chunk(f: IO[bytes], handle: int, want: int) -> dict[str, Any]:
         data = await anyio.to_thread.run_sync(f.read, READ_CHUNK)
         return {"data": data, "handle": handle, "total": want}
 
@@ -325,6 +355,10 @@ class Session:
                 _discard(f)
             except Exception:
                 log.exception("discarding a handle of a closed session failed")
+
+
+async def _then(awaitable: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:
+    return convert(await awaitable)
 
 
 class _WatchDelivery:

@@ -35,7 +35,8 @@ __all__ = ["Policy", "WorkerHandle", "close_proc", "describe_exit", "first_of", 
 @dataclass(slots=True)
 class Policy:
     """Supervision knobs (all seconds unless named otherwise); ``from_config`` reads
-    ``config["supervisor"]``."""
+    ``config["supervisor"]``. ``post_linger``: how long post-hook events wait for more
+    to share their delivery batch (:class:`~nexusfs.services.outbox.Outbox`)."""
 
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 1.0
@@ -50,6 +51,7 @@ class Policy:
     drain_timeout: float = 10.0
     stop_timeout: float = 5.0
     post_timeout: float = 30.0
+    post_linger: float = 0.005
     warm_spare: bool = True
     log_max_bytes: int = 1 << 20
 

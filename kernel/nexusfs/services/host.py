@@ -6,7 +6,7 @@ every installed one), routes client calls and syscall hooks to them, and stops t
 gracefully when cancelled. It never imports plugin code (see
 :mod:`nexusfs.services.registry`).
 
-Handshake (worker -> host over the worker's connection): ``host.hello(protocol=1,
+Handshake (worker -> host over the worker's connection): ``host.hello(protocol=2,
 token, name, version, description, pre_hooks, post_hooks, needs, idempotent, pid)``
 answers the service config (``record_store_url``, ``cache_url``, ``data_dir``,
 ``state_dir`` + ``config["service_config"][name]``); after its ``nexus_service_start``
@@ -24,8 +24,10 @@ Failure semantics (also in each method's docstring):
 * :meth:`pre_syscall` - fails closed: a veto raises ``PermissionDenied``; an error,
   a timeout or a hooking service that is not ready in time raises ``ServiceUnavailable``.
   A syscall is never silently allowed because a hook could not run.
-* :meth:`post_syscall` - never blocks or raises; at-least-once, ordered delivery via
-  each interested service's :class:`~nexusfs.services.outbox.Outbox`.
+* :meth:`post_syscall` / :meth:`post_event` - never block or raise: the caller's whole
+  cost is an in-memory enqueue; at-least-once, ordered, batched delivery via each
+  interested service's :class:`~nexusfs.services.outbox.Outbox` (which waits
+  ``supervisor.post_linger`` seconds so that a stream of syscalls shares deliveries).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,21 @@ from nexusfs.services._worker_handle import Policy, WorkerHandle
 from nexusfs.services.registry import ServiceEntry, installed_services
 from nexusfs.services.supervisor import STATES, Supervisor
 
-__all__ = ["PROTOCOL", "STATES", "ServiceHost", "UnknownService"]
+__all__ = ["EVENT_FIELDS", "OUTCOME_FIELDS", "PROTOCOL", "STATES", "ServiceHost",
+           "UnknownService"]
 
 log = logging.getLogger("nexusfs.services")
 
-PROTOCOL = 1
+#: 2: ``hook.post`` events and outcomes travel as lists of their fields (1: as maps).
+PROTOCOL = 2
+#: The wire form of a post-hook event / outcome: these fields, in this order (a list).
+EVENT_FIELDS = ("op", "path", "subject", "dst", "args", "time", "seq")
+OUTCOME_FIELDS = ("ok", "error_code", "message", "revision", "result")
+_SEQ = EVENT_FIELDS.index("seq")
+if tuple(f.name for f in fields(SyscallEvent)) != EVENT_FIELDS or tuple(
+        f.name for f in fields(SyscallOutcome)) != OUTCOME_FIELDS:  # pragma: no cover
+    raise ImportError("nexusfs.hookspecs changed SyscallEvent/SyscallOutcome: update "
+                      "EVENT_FIELDS/OUTCOME_FIELDS and bump PROTOCOL")
 _MAX_SUN_PATH = 100
 KernelHandlers = Callable[[str, Connection], Mapping[str, Callable[..., Any]]]
 
@@ -320,19 +333,31 @@ class ServiceHost:
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
         """Queue ``(event, outcome)`` for every service post-hooking ``event.op``.
         Never blocks, never raises. ``event.seq == 0`` gets a host sequence number."""
-        sups = self._post.get(event.op, ()) + self._post_all
+        self.post_event(
+            [event.op, event.path, event.subject, event.dst, event.args,
+             event.time or time.time(), event.seq],
+            [outcome.ok, outcome.error_code, outcome.message, outcome.revision,
+             outcome.result],
+        )
+
+    def post_event(self, event: list[Any], outcome: list[Any]) -> None:
+        """:meth:`post_syscall` with the event and outcome already in their wire form:
+        the fields of ``SyscallEvent`` and ``SyscallOutcome`` as lists, in declaration
+        order (:data:`EVENT_FIELDS`, :data:`OUTCOME_FIELDS`); the event's ``seq`` may be
+        0. Never blocks, never raises; the lists are kept (and may get a ``seq``), so
+        the caller must not change them afterwards."""
+        post = self._post.get(event[0])
+        sups = self._post_all if post is None else post + self._post_all
         if not sups:
             return
-        ev = _event_dict(event)
-        if not ev["seq"]:
+        seq = event[_SEQ]
+        if not seq:
             self._event_seq += 1
-            ev["seq"] = self._event_seq
-        else:
-            self._event_seq = max(self._event_seq, ev["seq"])
-        out = {"ok": outcome.ok, "error_code": outcome.error_code, "message": outcome.message,
-               "revision": outcome.revision, "result": outcome.result}  # fmt: skip
+            event[_SEQ] = self._event_seq
+        elif seq > self._event_seq:
+            self._event_seq = seq
         for sup in sups:
-            sup.outbox.append(ev, out)
+            sup.outbox.append(event, outcome)
 
     # -- bus side ----------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ class Supervisor:
         self.log_path = run_dir / "services" / f"{self.name}.log"
         self.state_dir = data_dir / "services" / self.name
         self.env = env or {}
-        self.outbox = Outbox(self.name, capacity=outbox_capacity)
+        self.outbox = Outbox(self.name, capacity=outbox_capacity, linger=policy.post_linger)
         self.current: WorkerHandle | None = None
         self.wanted = False
         self.failed = False

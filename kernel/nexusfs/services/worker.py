@@ -17,7 +17,9 @@ or until the kernel connection is lost -> ``nexus_service_stop(ctx)``.
 
 Handlers served to the kernel: every RPC method under its bare name, ``service.ping``,
 ``service.stop``, ``hook.pre`` (event dict -> ``{"veto": reason}`` or ``None``) and
-``hook.post`` (``batch=[[oseq, event, outcome], ...]`` -> highest ``oseq`` processed).
+``hook.post`` (``batch=[[oseq, event, outcome], ...]`` -> highest ``oseq`` processed;
+``event`` and ``outcome`` are the fields of ``SyscallEvent`` / ``SyscallOutcome`` as lists,
+in declaration order: ``nexusfs.services.host.EVENT_FIELDS`` / ``OUTCOME_FIELDS``).
 
 Exit codes (the supervisor's contract): 0 = stopped cleanly (or the kernel went away);
 1 = runtime failure (``nexus_service_start`` raised, ...) -> restart with backoff;
@@ -25,8 +27,14 @@ Exit codes (the supervisor's contract): 0 = stopped cleanly (or the kernel went 
 ``nexus_service_info``, handshake refused) -> ``failed``, no automatic retry. The
 traceback is printed to stderr in every failure case.
 
-Threading: sync RPC methods and all pluggy hooks run in worker threads (so they may
-block on the RecordStore or on ``ctx.kernel``); ``async def`` methods run on the loop.
+Threading: sync RPC methods and all pluggy hooks run in the worker's thread pool
+(:class:`~nexusfs.services._context.ThreadRunner`, up to 32 threads), so they may block
+on the RecordStore or on ``ctx.kernel``; ``async def`` methods run on the event loop (one
+without ``await`` in its body is run to completion as its request is read, see
+:mod:`nexusfs.bus.connection`). The loop is uvloop's when it is installed
+(:mod:`nexusfs.bus.runner`, ``NEXUS_EVENT_LOOP``); a warm spare imports it before it
+waits, so activation does not pay for it. A post-hook delivery batch costs one thread hop
+per batch, not per event.
 An exception in ``nexus_post_syscall`` is logged and the event counts as delivered (per
 the hookspec); one in ``nexus_pre_syscall`` is returned to the kernel as an error, which
 fails the syscall with ``ServiceUnavailable``.
@@ -46,12 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pluggy
 
 from nexusfs.bus import Connection, connect_unix
+from nexusfs.bus.runner import preload as preload_loop
+from nexusfs.bus.runner import run as run_loop
 from nexusfs.drivers.cachestore import open_cache_store
-from nexusfs.errors import NexusError
+from nexusfs.errors import ConfigError, NexusError
 from nexusfs.hookspecs import (
     PROJECT,
     ServiceContext,
@@ -61,12 +70,17 @@ from nexusfs.hookspecs import (
     SyscallOutcome,
     Veto,
 )
-from nexusfs.services._context import JsonLogFormatter, KernelClient, open_record_store
+from nexusfs.services._context import (
+    JsonLogFormatter,
+    KernelClient,
+    ThreadRunner,
+    open_record_store,
+)
 from nexusfs.services.registry import find_entry_point
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOAD_FAILED", "EXIT_OK", "PROTOCOL", "main"]
 
-PROTOCOL = 1
+PROTOCOL = 2  # = nexusfs.services.host.PROTOCOL (not imported: keeps the worker light)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_LOAD_FAILED = 3
@@ -113,10 +127,11 @@ class Worker:
         self.stop_requested = anyio.Event()
         self.ctx: ServiceContext | None = None
         self.handlers: dict[str, Callable[..., Any]] = {}
-        self.limiter = anyio.CapacityLimiter(32)
+        self.threads: ThreadRunner | None = None
 
     async def run(self, socket_path: str, token: str) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.threads = ThreadRunner(32, name=f"{self.name}-thread")
         base = {"service.ping": self._ping, "service.stop": self._stop}
         async with connect_unix(socket_path, base) as conn:
             info = self.info
@@ -219,7 +234,8 @@ class Worker:
         return run
 
     async def _in_thread(self, fn: Callable[[], Any]) -> Any:
-        return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+        assert self.threads is not None, "Worker.run() is not running"
+        return await self.threads.run(fn)
 
     @staticmethod
     def _ping() -> str:
@@ -242,7 +258,7 @@ class Worker:
 
     def _post_sync(self, batch: list[list[Any]]) -> int:
         if batch and self.pm.hook.nexus_post_syscall_batch.get_hookimpls():
-            items = [(SyscallEvent(**e), SyscallOutcome(**o)) for _s, e, o in batch]
+            items = [(SyscallEvent(*e), SyscallOutcome(*o)) for _s, e, o in batch]
             # Raising here leaves the batch unacknowledged: the host delivers it again.
             if self.pm.hook.nexus_post_syscall_batch(ctx=self.ctx, batch=items):
                 return max(int(oseq) for oseq, _e, _o in batch)
@@ -250,10 +266,9 @@ class Worker:
         hook = self.pm.hook.nexus_post_syscall
         for oseq, event, outcome in batch:
             try:
-                hook(ctx=self.ctx, event=SyscallEvent(**event),
-                     outcome=SyscallOutcome(**outcome))
+                hook(ctx=self.ctx, event=SyscallEvent(*event), outcome=SyscallOutcome(*outcome))
             except Exception:
-                log.exception("nexus_post_syscall failed for event seq %s", event.get("seq"))
+                log.exception("nexus_post_syscall failed for event seq %s", event[-1])
             last = max(last, int(oseq))
         return last
 
@@ -276,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     _setup_logging(a.name)
     token = a.token or os.environ.pop(TOKEN_ENV, None)
+    try:
+        preload_loop()  # before the standby wait: activation must not pay the import
+    except ConfigError as exc:
+        print(f"cannot start service {a.name!r}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_LOAD_FAILED
     if a.standby:
         line = sys.stdin.readline()
         if not line.strip():
@@ -294,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOAD_FAILED
     worker = Worker(a.name, pm, info, Path(a.state_dir))
     try:
-        return anyio.run(worker.run, a.socket, token)
+        return run_loop(worker.run, a.socket, token)
     except KeyboardInterrupt:
         return EXIT_OK
     except BaseException:

@@ -1,0 +1,521 @@
+"""The asyncio fast path of :class:`~nexusfs.bus.connection.Connection`.
+
+Used on the asyncio backend when the stream wraps a real socket. Every microsecond of a
+local call is loop overhead, so this engine keeps the number of loop iterations and
+objects per call at the minimum:
+
+* Reading: a persistent ``loop.add_reader`` callback reads and dispatches every complete
+  frame (no reader task to wake).
+* Serving: ``PLAIN`` handlers and ``INLINE`` coroutines (no ``await`` in their body, see
+  :func:`~nexusfs.bus._serve.handler_kind`) run right in the read callback and their
+  answers leave in the one write that ends it; a plain handler that returns a coroutine
+  without ``await`` is finished the same way. Other coroutines run as plain asyncio tasks
+  (anyio's ``start_soon`` costs several times more); they may use anyio freely.
+* Calling (:meth:`AsyncioEngine.call`): the caller waits on a bare loop future (no anyio
+  event, no cancel scope); the answer is delivered by the read callback.
+* Deadlines of calls and of served requests are kept in two
+  :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
+  call); cancellation uses ``Task.cancel()``.
+* Writing: frames are queued whole and written with one ``send`` per loop iteration
+  (pipelined calls and answers coalesce); a call or answer with nothing else in flight
+  is written at once, saving a loop iteration. Above 4 MiB of queued output, senders
+  wait (backpressure); a short write arms a writer callback.
+
+Semantics are those of the :mod:`~nexusfs.bus.connection` docstring: a call whose
+deadline passes raises :class:`DeadlineExceeded` and sends a ``cancel``; so does a call
+cancelled from outside (anyio/asyncio cancellation); a served request cancelled by the
+peer is not answered, one whose deadline passes is answered ``deadline_exceeded``;
+connection loss fails every pending call with ``ServiceUnavailable`` and cancels every
+running handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import socket
+import time
+import types
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from msgpack import unpackb as _unpackb
+
+from nexusfs.bus._deadlines import DeadlineQueue
+from nexusfs.bus._serve import (
+    INLINE,
+    TASK,
+    eof_reason,
+    never_suspends,
+    run_inline,
+)
+from nexusfs.bus.protocol import (
+    HEADER,
+    DeadlineExceeded,
+    FrameDecoder,
+    FramePacker,
+    FrameTooLarge,
+    ProtocolError,
+    UnknownMethod,
+    check_message,
+    error_from_wire,
+    error_message,
+)
+from nexusfs.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from nexusfs.bus.connection import Connection
+
+__all__ = ["AsyncioEngine"]
+
+log = logging.getLogger("nexusfs.bus")
+
+_unpack_header = HEADER.unpack_from
+_RECV_SIZE: Final = 262144
+_HIGH_WATER: Final = 4 * 1024 * 1024  # queued output bytes before senders wait
+#: Result types that are certainly not awaitable (skips ``inspect.isawaitable``).
+_WIRE_TYPES: Final = frozenset({dict, list, str, bytes, int, float, bool, type(None)})
+
+
+class _CallExpired(DeadlineExceeded):
+    """Set on a call's future when its deadline passes (re-raised with the method)."""
+
+
+class AsyncioEngine:
+    """asyncio fast path (see the module docstring)."""
+
+    def __init__(self, conn: Connection, sock: socket.socket) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(conn.max_frame_size)
+        self._packer = FramePacker(conn.max_frame_size)
+        self._max_frame = conn.max_frame_size
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._serving: dict[int, asyncio.Task[None]] = {}
+        self._expired: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._call_deadlines = DeadlineQueue(self._loop, self._call_due, self._call_live)
+        self._serve_deadlines = DeadlineQueue(self._loop, self._serve_due, self._serve_live)
+        self._done: asyncio.Future[str] = self._loop.create_future()
+        self._fd = sock.fileno()
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._shut = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        self._writer_on = False
+        self._in_dispatch = False
+        self._drained: asyncio.Event | None = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def read(self) -> str:
+        self._loop.add_reader(self._fd, self._on_readable)
+        try:
+            return await self._done
+        finally:
+            self._loop.remove_reader(self._fd)
+            await self._drain_tasks()
+
+    def _finish(self, reason: str | BaseException) -> None:
+        self._loop.remove_reader(self._fd)
+        if not self._done.done():
+            if isinstance(reason, BaseException):
+                self._done.set_exception(reason)
+            else:
+                self._done.set_result(reason)
+
+    def _on_readable(self) -> None:
+        # Into a buffer allocated once: ``recv(256 KiB)`` would allocate (and with glibc
+        # often mmap/munmap) 256 KiB per read.
+        rbuf = self._rbuf
+        try:
+            n = self._sock.recv_into(rbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(f"read failed: {exc!r}")
+            return
+        if not n:
+            self._finish(eof_reason(self._decoder, self._conn.name))
+            return
+        self._in_dispatch = True
+        try:
+            decoder = self._decoder
+            if decoder.pending:  # the rest of a frame begun in an earlier read
+                for msg in decoder.feed(rbuf[:n]):
+                    if self._shut:
+                        break
+                    self._dispatch(msg)
+            else:
+                self._dispatch_frames(rbuf, n)
+        except (FrameTooLarge, ProtocolError) as exc:
+            self._finish(exc)
+        except Exception as exc:  # a bug, not the peer's fault: close, never crash
+            log.exception("%s: internal error while dispatching", self._conn.name)
+            self._finish(f"internal error: {exc!r}")
+        finally:
+            self._in_dispatch = False
+        if self._out and not self._flush_scheduled:
+            self._flush()  # every answer of this read leaves in one write
+
+    def _dispatch_frames(self, rbuf: bytearray, n: int) -> None:
+        """Split, decode and dispatch the whole frames in ``rbuf[:n]`` (the hot path:
+        :class:`FrameDecoder` and :func:`check_message` inlined for requests and
+        answers); a trailing partial frame goes to the decoder, which also raises
+        :class:`FrameTooLarge` for an oversized header."""
+        pos = 0
+        limit = self._max_frame
+        calls = self._calls
+        while n - pos >= 4:
+            (size,) = _unpack_header(rbuf, pos)
+            stop = pos + 4 + size
+            if stop > n or size > limit:
+                break
+            try:
+                msg = _unpackb(rbuf[pos + 4 : stop], raw=False, strict_map_key=False)
+            except Exception as exc:
+                raise ProtocolError(
+                    f"undecodable frame body: {type(exc).__name__}: {exc}") from None
+            pos = stop
+            if self._shut:
+                return
+            if type(msg) is dict:
+                t = msg.get("t")
+                if t == "res":
+                    rid = msg.get("id")
+                    if type(rid) is int and "r" in msg:
+                        fut = calls.pop(rid, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(msg["r"])
+                        continue
+                elif t == "req":
+                    rid, m, a, d = msg.get("id"), msg.get("m"), msg.get("a"), msg.get("d", 0)
+                    if (type(rid) is int and type(m) is str and type(a) is dict
+                            and (d is None or type(d) is float or type(d) is int)
+                            and "d" in msg):
+                        self.spawn_request(rid, m, a, d)
+                        continue
+            self._dispatch(check_message(msg))
+        if pos < n:
+            self._decoder.feed(rbuf[pos:n])  # an incomplete frame: nothing to return yet
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        if t == "res" or t == "err":
+            self._answer(msg)
+        elif t == "req":
+            self.spawn_request(msg["id"], msg["m"], msg["a"], msg["d"])
+        elif t == "cancel":
+            self.cancel_request(msg["id"])
+        else:  # note
+            self.spawn_note(msg["m"], msg["a"])
+
+    # -- calling ------------------------------------------------------------------------
+
+    async def call(self, method: str, args: Mapping[str, Any] | None, d: float | None) -> Any:
+        """One call to the peer (``Connection.request`` semantics; ``d`` is the resolved
+        absolute deadline or ``None``)."""
+        if self._shut:
+            raise ServiceUnavailable(f"bus connection closed: {self._conn._close_reason}")
+        rid = next(self._conn._ids)
+        a = {} if not args else args if type(args) is dict else dict(args)
+        frame = self._packer.frame({"t": "req", "id": rid, "m": method, "a": a, "d": d})
+        if d is not None and d <= time.time():
+            raise DeadlineExceeded(f"{method}: deadline already passed")
+        if self._out_size > _HIGH_WATER:
+            await self._wait_drained()
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        calls = self._calls
+        calls[rid] = fut
+        if d is not None:
+            self._call_deadlines.add(d, rid, fut)
+        out = self._out
+        if not out and len(calls) == 1 and not self._in_dispatch and not self._writer_on:
+            self._send_now(frame)  # the only call in flight: nothing to coalesce with
+        else:  # pipelined: one write per loop iteration (the write() path, inlined)
+            out.append(frame)
+            self._out_size += len(frame)
+            if not (self._flush_scheduled or self._in_dispatch or self._writer_on):
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+        try:
+            return await fut
+        except _CallExpired:
+            raise DeadlineExceeded(f"{method}: deadline exceeded") from None
+        finally:
+            if calls.pop(rid, None) is not None:  # given up (cancelled): tell the peer
+                self._send_cancel(rid)
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        fut = self._calls.pop(msg["id"], None)
+        if fut is None or fut.done():
+            return  # late answer to a call that gave up
+        if msg["t"] == "res":
+            fut.set_result(msg["r"])
+        else:
+            x = msg.get("x")
+            fut.set_exception(error_from_wire(
+                msg["c"], msg["msg"], msg.get("p"), x if isinstance(x, dict) else None))
+
+    def _call_live(self, rid: int, fut: object) -> bool:
+        return self._calls.get(rid) is fut
+
+    def _call_due(self, rid: int, fut: object) -> None:
+        del self._calls[rid]
+        assert isinstance(fut, asyncio.Future)
+        if not fut.done():
+            fut.set_exception(_CallExpired("deadline exceeded"))
+        self._send_cancel(rid)
+
+    def _send_cancel(self, rid: int) -> None:
+        if not self._shut:
+            self.write(self._packer.frame({"t": "cancel", "id": rid}))
+
+    # -- serving ------------------------------------------------------------------------
+
+    def spawn_request(self, rid: int, method: str, args: dict[str, Any], d: float | None) -> None:
+        if rid in self._serving:
+            raise ProtocolError(f"duplicate request id {rid}")
+        conn = self._conn
+        fn, kind = conn._resolved.get(method) or conn._handler(method)
+        reply: dict[str, Any]
+        if fn is None:
+            reply = error_message(rid, UnknownMethod(f"unknown method {method!r}"))
+        elif kind == TASK:
+            self._start(rid, method, fn, args, None, d)
+            return
+        else:
+            try:
+                result = fn(**args)
+                if kind == INLINE:
+                    result = run_inline(result)
+                elif type(result) not in _WIRE_TYPES and inspect.isawaitable(result):
+                    if type(result) is types.CoroutineType and never_suspends(result.cr_code):
+                        result = run_inline(result)
+                    else:
+                        self._start(rid, method, None, None, result, d)
+                        return
+            except Exception as exc:
+                reply = error_message(rid, exc)
+            else:
+                reply = {"t": "res", "id": rid, "r": result}
+        frame = self._encode_reply(rid, reply)
+        if self._in_dispatch:  # the common case: written at the end of the read callback
+            self._out.append(frame)
+            self._out_size += len(frame)
+        else:
+            self.write(frame)
+
+    def _start(self, rid: int, method: str, fn: Callable[..., Any] | None,
+               args: dict[str, Any] | None, work: Awaitable[Any] | None,
+               d: float | None) -> None:
+        task = self._loop.create_task(self._serve(rid, method, fn, args, work))
+        self._serving[rid] = task
+        self._tasks.add(task)
+        if d is not None:
+            self._serve_deadlines.add(d, rid, task)
+
+    def cancel_request(self, rid: int) -> None:
+        task = self._serving.pop(rid, None)
+        if task is not None:
+            task.cancel()
+
+    def _serve_live(self, rid: int, task: object) -> bool:
+        return self._serving.get(rid) is task
+
+    def _serve_due(self, rid: int, task: object) -> None:
+        assert isinstance(task, asyncio.Task)
+        self._expired.add(task)
+        task.cancel()
+
+    async def _serve(self, rid: int, method: str, fn: Callable[..., Any] | None,
+                     args: dict[str, Any] | None, work: Awaitable[Any] | None) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        try:
+            reply: dict[str, Any]
+            try:
+                if work is None:
+                    assert fn is not None and args is not None
+                    work = fn(**args)
+                result = await work
+                reply = {"t": "res", "id": rid, "r": result}
+            except asyncio.CancelledError:
+                if self._shut or me not in self._expired:
+                    if self._serving.get(rid) is me:
+                        del self._serving[rid]
+                    if self._shut:
+                        raise
+                    return  # cancelled by the peer: nobody waits for an answer
+                reply = error_message(rid, DeadlineExceeded(f"{method}: deadline exceeded"))
+            except Exception as exc:
+                reply = error_message(rid, exc)
+            if self._serving.get(rid) is not me:
+                return  # cancelled by the peer meanwhile
+            del self._serving[rid]
+            frame = self._encode_reply(rid, reply)
+            if self._out_size > _HIGH_WATER:
+                try:
+                    await self._wait_drained()
+                except ServiceUnavailable:
+                    return
+            # Nothing else in flight: nothing to coalesce with, write right now.
+            self.write(frame, urgent=not self._serving)
+        finally:
+            self._expired.discard(me)
+            self._tasks.discard(me)
+
+    def spawn_note(self, method: str, args: dict[str, Any]) -> None:
+        """Run a notification handler (inline when it cannot suspend, else in a task);
+        failures are logged, never reported."""
+        fn, kind = self._conn._handler(method)
+        if fn is None:
+            log.debug("%s: notification for unknown method %r dropped", self._conn.name, method)
+            return
+        work: Any = None
+        try:
+            if kind == TASK:
+                work = fn(**args)
+            else:
+                result = fn(**args)
+                if kind == INLINE:
+                    run_inline(result)
+                elif type(result) not in _WIRE_TYPES and inspect.isawaitable(result):
+                    work = result
+        except Exception:
+            log.exception("%s: notification handler %r failed", self._conn.name, method)
+            return
+        if work is not None:
+            task = self._loop.create_task(self._note(method, work))
+            self._tasks.add(task)
+
+    async def _note(self, method: str, work: Awaitable[Any]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("%s: notification handler %r failed", self._conn.name, method)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+
+    def _encode_reply(self, rid: int, reply: dict[str, Any]) -> bytes:
+        """The answer frame; an unencodable or oversized result becomes an error."""
+        try:
+            return self._packer.frame(reply)
+        except FrameTooLarge as exc:
+            return self._packer.frame(error_message(rid, exc))
+        except Exception as exc:
+            return self._packer.frame(error_message(rid, TypeError(f"unencodable result: {exc}")))
+
+    # -- output: frames are queued whole and flushed once per loop iteration ------------
+
+    async def send(self, frame: bytes) -> None:
+        """Queue one whole frame, waiting while too much output is queued;
+        ServiceUnavailable once the connection is closed."""
+        if self._out_size > _HIGH_WATER:
+            await self._wait_drained()
+        if self._shut:
+            raise ServiceUnavailable(f"bus connection closed: {self._conn._close_reason}")
+        self.write(frame)
+
+    async def _wait_drained(self) -> None:
+        while self._out_size > _HIGH_WATER and not self._shut:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            await self._drained.wait()
+        if self._shut:
+            raise ServiceUnavailable(f"bus connection closed: {self._conn._close_reason}")
+
+    def write(self, frame: bytes, *, urgent: bool = False) -> None:
+        """Queue ``frame``; written at the end of the current read callback, at once when
+        ``urgent`` (and nothing forces waiting), else on the next loop iteration."""
+        if self._shut:
+            return
+        self._out.append(frame)
+        self._out_size += len(frame)
+        if self._in_dispatch or self._writer_on:
+            return
+        if urgent:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _send_now(self, frame: bytes) -> None:
+        """Write ``frame`` at once (nothing may be queued); queue what the socket does
+        not take."""
+        try:
+            n = self._sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._conn._shutdown(f"write failed: {exc!r}")
+            return
+        if n < len(frame):
+            self._out.append(frame[n:])
+            self._out_size += len(frame) - n
+            self._writer_on = True
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._writer_on or not self._out or self._shut:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._out_size = 0
+            self._conn._shutdown(f"write failed: {exc!r}")
+            return
+        self._out_size = len(data) - n
+        if n < len(data):
+            out.append(data[n:])
+            self._writer_on = True
+            self._loop.add_writer(self._fd, self._on_writable)
+        if self._drained is not None and self._out_size <= _HIGH_WATER:
+            self._drained.set()
+            self._drained = None
+
+    def _on_writable(self) -> None:
+        self._writer_on = False
+        self._loop.remove_writer(self._fd)
+        self._flush()
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self._out and not self._writer_on and not self._shut:
+            with contextlib.suppress(OSError):  # best effort: queued answers
+                self._sock.send(b"".join(self._out))
+        self._shut = True
+        if self._writer_on:
+            self._loop.remove_writer(self._fd)
+        if self._drained is not None:
+            self._drained.set()
+        self._finish("closed")
+        self._call_deadlines.close()
+        self._serve_deadlines.close()
+        calls = list(self._calls.values())
+        self._calls.clear()
+        for fut in calls:
+            if not fut.done():
+                fut.set_exception(
+                    ServiceUnavailable(f"bus connection lost: {self._conn._close_reason}"))
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _drain_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
