@@ -204,6 +204,7 @@ async def _serve(fs: Any, settings: Settings) -> None:
         if host is not None:
             await tg.start(host.run)
             await _services_settled(host)
+            pipeline.gate = _permission_gate(fs, host, settings)
 
         async def factory(conn: Connection) -> dict[str, Any]:
             session = Session(fs, stop.set, info, pipeline=pipeline, services=host)
@@ -241,6 +242,29 @@ async def _services_settled(host: Any, timeout: float = 20.0) -> None:
     with anyio.move_on_after(timeout):
         while any(s["state"] in ("starting", "restarting") for s in host.services()):
             await anyio.sleep(0.01)
+
+
+def _permission_gate(fs: Any, host: Any, settings: Settings) -> Any:
+    """The permission gate when the rebac service is configured, else ``None``. Admins:
+    the user running the kernel, every ``service:*`` subject, and ``settings.admins``."""
+    import getpass
+
+    from nexusfs.server.gate import PermissionGate
+
+    gate = PermissionGate(
+        host, _kind_of(fs), admins=(f"user:{getpass.getuser()}", *settings.admins)
+    )
+    return gate if gate.active() else None
+
+
+def _kind_of(fs: Any) -> Any:
+    def kind(path: str) -> bool | None:
+        try:
+            return bool(fs.stat(path).is_dir)
+        except NexusError:
+            return None
+
+    return kind
 
 
 def _service_host(settings: Settings, handlers: Any) -> Any:

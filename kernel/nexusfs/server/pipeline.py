@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
@@ -34,6 +34,9 @@ from nexusfs import paths
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.metadata.inode import EntryType, FileMetadata
+
+if TYPE_CHECKING:
+    from nexusfs.server.gate import PermissionGate
 
 __all__ = ["HookHost", "Pipeline"]
 
@@ -55,6 +58,8 @@ class Pipeline:
 
     def __init__(self, host: HookHost | None = None) -> None:
         self.host = host
+        #: The permission gate (set by the daemon when the rebac service is configured).
+        self.gate: PermissionGate | None = None
         self._last_seq = 0
         self._watchers: dict[int, tuple[str, Callable[[dict[str, Any]], None]]] = {}
         self._watch_ids = 0

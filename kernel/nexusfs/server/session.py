@@ -13,6 +13,7 @@ half-written file and never pins a blob forever.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import sys
@@ -22,11 +23,14 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from nexusfs.errors import IsADirectory, NexusError
+from nexusfs.errors import IsADirectory, NexusError, NotFound, PermissionDenied
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.metadata.inode import FileMetadata
 from nexusfs.server import wire
+from nexusfs.server.gate import MUTATING_METHODS, PermissionGate
+from nexusfs.server.gate import SERVICE as GATE_SERVICE
 from nexusfs.server.pipeline import Pipeline, outcome_of
+from nexusfs.vfs.listing import DirListing
 
 if TYPE_CHECKING:
     from nexusfs.kernel import NexusFS
@@ -39,6 +43,24 @@ log = logging.getLogger("nexusfs.server")
 READ_CHUNK = 8 << 20
 #: Deadline of a call routed to a service when the client gave none.
 CALL_TIMEOUT = 30.0
+
+
+#: Handlers the permission gate checks: wire name -> (syscall, path arg, dst arg).
+_GATED: dict[str, tuple[str, str | None, str | None]] = {
+    "fs.write": ("write", "path", None),
+    "fs.read": ("read", "path", None),
+    "fs.stat": ("stat", "path", None),
+    "fs.mkdir": ("mkdir", "path", None),
+    "fs.rmdir": ("rmdir", "path", None),
+    "fs.unlink": ("unlink", "path", None),
+    "fs.rename": ("rename", "src", "dst"),
+    "fs.copy": ("copy", "src", "dst"),
+    "fs.mount": ("mount", "path", None),
+    "fs.unmount": ("unmount", "path", None),
+    "fs.zone_create": ("zone_create", None, None),
+    "fs.gc": ("gc", None, None),
+    "fs.flush": ("flush", None, None),
+}
 
 
 class BadHandle(NexusError, ValueError):
@@ -59,9 +81,15 @@ class _Handlers(dict[str, Callable[..., Any]]):
     """The session's handler table; names outside it that look like
     ``service.method`` route to the service host."""
 
-    def __init__(self, table: dict[str, Callable[..., Any]], router: ServiceRouter | None):
+    def __init__(
+        self,
+        table: dict[str, Callable[..., Any]],
+        router: ServiceRouter | None,
+        gate: PermissionGate | None = None,
+    ):
         super().__init__(table)
         self._router = router
+        self._gate = gate
 
     def get(self, name: str, default: Any = None) -> Any:
         fn = dict.get(self, name)
@@ -71,11 +99,23 @@ class _Handlers(dict[str, Callable[..., Any]]):
         if not dot or not method or service in ("fs", "kernel"):
             return default
         router = self._router
+        gate = self._gate
 
         async def route(**args: Any) -> Any:
             return await router.call(service, method, args, deadline=time.time() + CALL_TIMEOUT)
 
-        return route
+        if gate is None or service != GATE_SERVICE or method not in MUTATING_METHODS:
+            return route
+
+        async def route_and_invalidate(**args: Any) -> Any:
+            # The caller gets the answer only after the gate forgot its decisions, so
+            # a revoke is enforced on the very next call of any client.
+            try:
+                return await route(**args)
+            finally:
+                gate.invalidate()
+
+        return route_and_invalidate
 
 
 class Session:
@@ -158,7 +198,88 @@ class Session:
             "fs.fclose": self.fclose,
             "fs.fdiscard": self.fdiscard,
         }  # fmt: skip
-        return _Handlers(table, self.services)
+        gate = self.pipeline.gate
+        if gate is not None:
+            self._gate_table(table, gate)
+        return _Handlers(table, self.services, gate)
+
+    # -- the permission gate ------------------------------------------------------------
+
+    def _gate_table(self, table: dict[str, Callable[..., Any]], gate: PermissionGate) -> None:
+        """Check every syscall handler with the permission gate (nexusfs.server.gate)
+        for a subject that is not an admin; admins call the handlers unchanged."""
+        for name, (op, src, dst) in _GATED.items():
+            table[name] = self._gated(gate, table[name], op, src, dst)
+        table["fs.exists"] = self._gated_exists(gate, table["fs.exists"])
+        table["fs.readdir"] = self._gated_readdir(gate)
+        table["fs.open"] = self._gated_open(gate, table["fs.open"])
+        table["fs.watch"] = self._admin_only(gate, table["fs.watch"], "watch")
+        table["kernel.gate_stats"] = lambda: {
+            "hits": gate.hits, "misses": gate.misses, "cached": len(gate._cache),
+        }  # fmt: skip
+
+    def _gated(self, gate: PermissionGate, fn: Callable[..., Any], op: str,
+               src: str | None, dst: str | None) -> Callable[..., Any]:
+        def handler(*args: Any, **kw: Any) -> Any:
+            if gate.is_admin(self.subject):
+                return fn(*args, **kw)
+            path = kw.get(src, "/") if src else "/"
+            return self._checked(gate, op, path, kw.get(dst) if dst else None, fn, args, kw)
+
+        return handler
+
+    async def _checked(self, gate: PermissionGate, op: str, path: str, dst: str | None,
+                       fn: Callable[..., Any], args: Any, kw: Any) -> Any:
+        await gate.authorize(self.subject, op, path, dst)
+        result = fn(*args, **kw)
+        return await result if inspect.isawaitable(result) else result
+
+    def _gated_exists(self, gate: PermissionGate, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def exists(path: str) -> bool:
+            try:
+                await gate.authorize(self.subject, "exists", path)
+            except NotFound:
+                return False
+            return bool(fn(path))
+
+        return lambda path: fn(path) if gate.is_admin(self.subject) else exists(path)
+
+    def _gated_readdir(self, gate: PermissionGate) -> Callable[..., Any]:
+        fs = self.fs
+
+        async def readdir(path: str, **kw: Any) -> dict[str, Any]:
+            subject = self.subject
+            if not gate.is_admin(subject):
+                await gate.authorize(subject, "readdir", path)
+            listing = self._run("readdir", path, lambda: fs.readdir(path, **kw))
+            if inspect.isawaitable(listing):
+                listing = await listing
+            if not gate.is_admin(subject):
+                visible = await gate.visible_names(
+                    subject, path, [(m.path, m.is_dir) for m in listing]
+                )
+                listing = DirListing([m for m in listing if m.path in visible], listing.cursor)
+            return wire.listing_to_wire(listing)
+
+        return readdir
+
+    def _gated_open(self, gate: PermissionGate, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def open_(path: str, mode: str = "rb", **opts: Any) -> int:
+            if not gate.is_admin(self.subject):
+                op = "open_read" if mode.startswith("r") else "open_write"
+                await gate.authorize(self.subject, op, path)
+            return int(await fn(path, mode, **opts))
+
+        return open_
+
+    def _admin_only(self, gate: PermissionGate, fn: Callable[..., Any],
+                    op: str) -> Callable[..., Any]:
+        def handler(*args: Any, **kw: Any) -> Any:
+            if not gate.is_admin(self.subject):
+                raise PermissionDenied(f"{op} is for admin subjects while permissions apply")
+            return fn(*args, **kw)
+
+        return handler
 
     def _run(self, op: str, path: str, fn: Callable[[], Any], *, threaded: bool = False,
              **kw: Any) -> Any:
