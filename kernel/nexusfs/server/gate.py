@@ -179,58 +179,85 @@ class PermissionGate:
 
     # -- enforcement ---------------------------------------------------------------------
 
-    async def authorize(
+    def requirements(
         self, subject: str | None, op: str, path: str, dst: str | None = None
-    ) -> None:
-        """Raise unless ``subject`` may make syscall ``op`` on ``path`` (``dst``: the
-        destination of ``rename`` / ``copy``). See the module docstring for the rules."""
+    ) -> list[Requirement]:
+        """What ``subject`` needs for syscall ``op`` on ``path`` (``dst``: the
+        destination of ``rename`` / ``copy``): ``(permission, object, error)`` triples,
+        checked in order, the first one not held raising its error. Raises at once for
+        what needs no lookup (admin-only syscalls, writes under ``/__sys__``)."""
         if self.is_admin(subject):
-            return
-        assert subject is not None
+            return []
         if op in ADMIN_OPS:
             raise PermissionDenied(f"{op} is for admin subjects only", path=path)
         path = paths.normalize(path)
         if path == SYS_PREFIX or path.startswith(SYS_PREFIX + "/"):
             if op in _READ_OPS or op == "readdir":
-                return
+                return []
             raise PermissionDenied("read-only", path=path)
         kind = self._stat(path)
+        out: list[Requirement] = []
         if op in _READ_OPS:
             if kind is not None:
-                await self._require_visible(subject, path, kind)
-            return
-        if op == "readdir":
+                self._visible(out, path, kind)
+        elif op == "readdir":
             if kind is not None:
-                await self._require_visible(subject, path, kind)
-                if (
-                    kind
-                    and path != "/"  # the root is always listed (filtered)
-                    and not (await self.allowed(subject, [("list", object_of(path, True))]))[0]
-                ):
-                    raise PermissionDenied("no list permission", path=path)
-            return
-        if op in ("write", "open_write", "mkdir"):
-            await self._require_writable_target(subject, path, kind)
-            return
-        if op in ("unlink", "rmdir"):
+                self._visible(out, path, kind)
+                if kind and path != "/":  # the root is always listed (filtered)
+                    out.append(("list", object_of(path, True), _DENIED_LIST))
+        elif op in ("write", "open_write", "mkdir"):
+            self._writable_target(out, path, kind)
+        elif op in ("unlink", "rmdir"):
             if kind is not None:
-                await self._require_write(subject, path, kind)
-            return
-        if op == "rename":
+                self._writable(out, path, kind)
+        elif op in ("rename", "copy"):
             if kind is not None:
-                await self._require_write(subject, path, kind)
+                (self._writable if op == "rename" else self._visible)(out, path, kind)
             if dst is not None:
                 dst = paths.normalize(dst)
-                await self._require_writable_target(subject, dst, self._stat(dst))
+                self._writable_target(out, dst, self._stat(dst))
+        else:
+            raise PermissionDenied(f"{op} is not covered by the permission gate", path=path)
+        return out
+
+    def authorize_cached(
+        self, subject: str | None, op: str, path: str, dst: str | None = None
+    ) -> bool:
+        """:meth:`authorize` answered from the decision cache alone: ``True`` when every
+        requirement is cached as held; raises the error of the first requirement cached
+        as not held; ``False`` when something is not cached (or the revision is due for
+        a check): then await :meth:`authorize`. Never blocks."""
+        reqs = self.requirements(subject, op, path, dst)
+        if not reqs:
+            return True
+        if time.monotonic() - self._polled_at >= self.revision_poll:
+            return False
+        assert subject is not None
+        cache = self._cache
+        for perm, obj, error in reqs:
+            held = cache.get((subject, perm, obj))
+            if held is None:
+                return False
+            if not held:
+                raise _error(error, obj)
+        self.hits += len(reqs)
+        return True
+
+    async def authorize(
+        self, subject: str | None, op: str, path: str, dst: str | None = None
+    ) -> None:
+        """Raise unless ``subject`` may make syscall ``op`` on ``path`` (see
+        :meth:`requirements` and the module docstring): ``NotFound`` for an invisible
+        path, ``PermissionDenied`` for a denied one, ``ServiceUnavailable`` when the
+        rebac service cannot answer."""
+        reqs = self.requirements(subject, op, path, dst)
+        if not reqs:
             return
-        if op == "copy":
-            if kind is not None:
-                await self._require_visible(subject, path, kind)
-            if dst is not None:
-                dst = paths.normalize(dst)
-                await self._require_writable_target(subject, dst, self._stat(dst))
-            return
-        raise PermissionDenied(f"{op} is not covered by the permission gate", path=path)
+        assert subject is not None
+        answers = await self.allowed(subject, [(perm, obj) for perm, obj, _e in reqs])
+        for (_perm, obj, error), held in zip(reqs, answers, strict=True):
+            if not held:
+                raise _error(error, obj)
 
     async def visible_names(
         self, subject: str | None, folder: str, entries: Sequence[tuple[str, bool]]
@@ -242,26 +269,32 @@ class PermissionGate:
         answers = await self.allowed(subject, [("read", object_of(p, d)) for p, d in entries])
         return {p for (p, _d), ok in zip(entries, answers, strict=True) if ok}
 
-    async def _require_visible(self, subject: str, path: str, is_dir: bool) -> None:
-        if path == "/":
-            return  # the root is always visible; its listing is filtered
-        if not (await self.allowed(subject, [("read", object_of(path, is_dir))]))[0]:
-            raise NotFound("no such file or directory", path=path)
+    @staticmethod
+    def _visible(out: list[Requirement], path: str, is_dir: bool) -> None:
+        if path != "/":  # the root is always visible; its listing is filtered
+            out.append(("read", object_of(path, is_dir), _INVISIBLE))
 
-    async def _require_write(self, subject: str, path: str, is_dir: bool) -> None:
-        read, write = await self.allowed(
-            subject, [("read", object_of(path, is_dir)), ("write", object_of(path, is_dir))]
-        )
-        if not read and path != "/":
-            raise NotFound("no such file or directory", path=path)
-        if not write:
-            raise PermissionDenied("no write permission", path=path)
+    def _writable(self, out: list[Requirement], path: str, is_dir: bool) -> None:
+        self._visible(out, path, is_dir)
+        out.append(("write", object_of(path, is_dir), _DENIED_WRITE))
 
-    async def _require_writable_target(self, subject: str, path: str, kind: bool | None) -> None:
+    def _writable_target(self, out: list[Requirement], path: str, kind: bool | None) -> None:
         if kind is not None:
-            await self._require_write(subject, path, kind)
+            self._writable(out, path, kind)
             return
         parent = path.rsplit("/", 1)[0] or "/"
         while parent != "/" and self._stat(parent) is None:  # mkdir -p: nearest existing
             parent = parent.rsplit("/", 1)[0] or "/"
-        await self._require_write(subject, parent, True)
+        self._writable(out, parent, True)
+
+
+#: ``(permission, object, error kind)``: one thing a syscall needs.
+Requirement = tuple[str, str, str]
+_INVISIBLE, _DENIED_WRITE, _DENIED_LIST = "invisible", "write", "list"
+
+
+def _error(kind: str, obj: str) -> NexusError:
+    path = obj.partition(":")[2].replace("%23", "#").replace("%25", "%")
+    if kind == _INVISIBLE:
+        return NotFound("no such file or directory", path=path)
+    return PermissionDenied(f"no {kind} permission", path=path)
