@@ -184,3 +184,32 @@ def test_decisions_are_cached_until_the_revision_changes(kernel: Path) -> None:
         after = hal.call("kernel.gate_stats")
         assert after["misses"] == before["misses"]  # all 20 answered from the cache
         assert after["hits"] >= before["hits"] + 20
+
+
+def test_every_remaining_syscall_is_gated(kernel: Path) -> None:
+    """Handles, rmdir, exists, copy and the admin-only calls, allowed and denied."""
+    grant(kernel, "folder:/docs/team#editor@user:ivy", "folder:/docs#viewer@user:ivy")
+    with as_user(kernel, "user:ivy") as ivy:
+        with ivy.open("/docs/team/streamed.bin", "wb") as f:  # write on the folder
+            f.write(b"s" * 1000)
+        with ivy.open("/docs/team/streamed.bin", "rb") as f:
+            assert f.read() == b"s" * 1000
+        with pytest.raises(PermissionDenied):
+            ivy.open("/docs/secret.md", "wb")  # viewer only
+        ivy.copy("/docs/secret.md", "/docs/team/copy.md")  # read src, write dst folder
+        assert ivy.exists("/docs/team/copy.md")
+        ivy.mkdir("/docs/team/empty")
+        ivy.rmdir("/docs/team/empty")
+        with pytest.raises(PermissionDenied):
+            ivy.rmdir("/docs", recursive=True)  # viewer of /docs only
+        for call in (lambda: ivy.gc(), lambda: ivy.flush(), lambda: next(iter(ivy.watch("/")))):
+            with pytest.raises(PermissionDenied):
+                call()
+    with as_user(kernel, "user:nobody") as nobody:
+        assert nobody.exists("/docs/team/copy.md") is False
+        with pytest.raises(NotFound):
+            nobody.open("/docs/team/copy.md", "rb")
+        with pytest.raises(NotFound):
+            nobody.unlink("/docs/team/copy.md")  # invisible: not found, not denied
+        with pytest.raises(NotFound):
+            nobody.rename("/docs/team/copy.md", "/x.md")
