@@ -330,3 +330,42 @@ def test_admins_setting(tmp_path: Path) -> None:
     assert load_settings(tmp_path, env=CLEAN_ENV).admins == ()
     with pytest.raises(ConfigError, match="is not a subject"):
         load_settings(tmp_path, env={"NEXUS_ADMINS": "alice"})
+
+
+@needs_native
+def test_init_and_up_with_a_distro(tmp_path: Path) -> None:
+    """`nexus init --distro` writes nexus.toml naming the distro, whose [config] then
+    shows as the source of its values; `nexus up --distro` boots it (an embedded distro
+    has no kernel process to start); a second init for another distro is refused."""
+    data = tmp_path / "d"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env["NEXUS_DATA_DIR"] = str(data)
+
+    def nexus(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nexusfs.cli", *argv],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+
+    init = nexus("init", "--distro", "nexus-server")
+    assert init.returncode == 0, init.stderr
+    assert 'distro = "nexus-server"' in (data / "nexus.toml").read_text()
+    shown = json.loads(nexus("config", "show", "--json").stdout)["settings"]
+    assert shown["distro"]["value"] == "nexus-server"
+    assert shown["services"] == {"value": "hooks", "source": "distro nexus-server"}
+    assert shown["cache_store"]["source"] == "distro nexus-server"
+
+    again = nexus("init", "--distro", "nexus-cloud")
+    assert again.returncode == 1 and "already names distro 'nexus-server'" in again.stderr
+
+    embedded = nexus("up", "--distro", "nexus-embedded")
+    assert embedded.returncode == 1 and "runs the kernel in-process" in embedded.stderr
+
+    env["NEXUS_SERVICES"] = ""  # boot fast: the composition, minus its workers
+    up = nexus("up", "--distro", "nexus-server")
+    try:
+        assert up.returncode == 0, up.stderr
+        status = json.loads(nexus("status", "--json").stdout)
+        assert status["running"] and status["distro"] == "nexus-server"
+    finally:
+        nexus("down")
