@@ -537,3 +537,17 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
     assert "no such file" in out2["message"] and ev3["op"] == "copy" and out3["ok"]
     # What the worker rebuilds from the wire form is the same event.
     assert SyscallEvent(*host.posted[0][0]).path == "/a/b"
+
+
+@pytest.mark.anyio
+async def test_bad_service_configuration_is_failed_not_restarted(
+    tmp_path: Path, markers: Path
+) -> None:
+    """A service whose storage configuration cannot work (a cache URL no driver takes)
+    is reported failed at once with the reason, like a plugin that cannot load; the
+    others run."""
+    async with running_host(tmp_path, ["echo", "hooks"], cache_url="nope://x") as host:
+        s = await wait_state(host, "hooks", "failed")
+        assert "bad service configuration" in host.logs("hooks")
+        assert s["restarts"] == 0 and s["last_exit"] == "exited with code 3"
+        assert await host.call("echo", "add", {"a": 1, "b": 2}, deadline=deadline()) == 3

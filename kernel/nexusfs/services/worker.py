@@ -146,7 +146,11 @@ class Worker:
             except NexusError as exc:
                 print(f"handshake refused by the kernel: {exc}", file=sys.stderr, flush=True)
                 return EXIT_LOAD_FAILED
-            ctx = self._context(conn, config if isinstance(config, dict) else {})
+            try:
+                ctx = self._context(conn, config if isinstance(config, dict) else {})
+            except ConfigError as exc:  # e.g. a malformed cache_url: restarting cannot help
+                print(f"bad service configuration: {exc}", file=sys.stderr, flush=True)
+                return EXIT_LOAD_FAILED
             self.ctx = ctx
             try:
                 await self._in_thread(functools.partial(self.pm.hook.nexus_service_start,
