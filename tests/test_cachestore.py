@@ -7,6 +7,7 @@ server, and the service worker's wiring. Backend loss at run time:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -375,7 +376,11 @@ def _worker_context(needs: tuple[str, ...], config: dict[str, Any], tmp_path: Pa
 
     info = ServiceInfo(name="svc", version="1", needs=needs)
     worker = Worker("svc", None, info, tmp_path)  # type: ignore[arg-type]
-    return worker._context(None, config)  # type: ignore[arg-type]
+
+    async def on_a_loop() -> Any:  # ctx.kernel binds to the worker's event loop
+        return worker._context(None, config)  # type: ignore[arg-type]
+
+    return asyncio.run(on_a_loop())
 
 
 def test_worker_gives_a_null_store_without_configuration(tmp_path: Path) -> None:
