@@ -116,6 +116,10 @@ class PermissionGate:
             for s in self.router.services()
         )
 
+    def stats(self) -> dict[str, int]:
+        """Decision-cache counters: checks answered from the cache, asked, cached."""
+        return {"hits": self.hits, "misses": self.misses, "cached": len(self._cache)}
+
     def is_admin(self, subject: str | None) -> bool:
         return subject is None or subject in self.admins or subject.startswith("service:")
 

@@ -214,9 +214,7 @@ class Session:
         table["fs.readdir"] = self._gated_readdir(gate)
         table["fs.open"] = self._gated_open(gate, table["fs.open"])
         table["fs.watch"] = self._admin_only(gate, table["fs.watch"], "watch")
-        table["kernel.gate_stats"] = lambda: {
-            "hits": gate.hits, "misses": gate.misses, "cached": len(gate._cache),
-        }  # fmt: skip
+        table["kernel.gate_stats"] = gate.stats
 
     def _gated(self, gate: PermissionGate, fn: Callable[..., Any], op: str,
                src: str | None, dst: str | None) -> Callable[..., Any]:

@@ -38,7 +38,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
+
+from nexusfs.testing._servers import REQUIRE_SERVERS_ENV, free_port, servers_required
 
 __all__ = [
     "BIN_ENV",
@@ -73,7 +74,7 @@ __all__ = [
 #: A PostgreSQL URL to use instead of starting a private cluster.
 URL_ENV = "NEXUS_TEST_POSTGRES_URL"
 #: ``1``: a missing or unstartable server is an error, never a skip (CI sets it).
-REQUIRE_ENV = "NEXUS_TEST_REQUIRE_SERVERS"
+REQUIRE_ENV = REQUIRE_SERVERS_ENV
 #: A directory holding ``initdb`` and ``postgres`` (overrides the search).
 BIN_ENV = "NEXUS_TEST_POSTGRES_BIN"
 
@@ -116,11 +117,6 @@ class PostgresUnavailable(RuntimeError):
     tail). Raised by :func:`postgres_url` only when servers are required."""
 
 
-def servers_required() -> bool:
-    """Whether ``NEXUS_TEST_REQUIRE_SERVERS=1``: missing servers fail instead of skip."""
-    return os.environ.get(REQUIRE_ENV, "").strip() == "1"
-
-
 def _version_key(path: Path) -> tuple[int, ...]:
     parts = re.findall(r"\d+", path.parent.name)
     return tuple(int(p) for p in parts)
@@ -144,12 +140,6 @@ def find_postgres_bin() -> Path | None:
         if (directory / "initdb").is_file() and (directory / "postgres").is_file():
             return directory
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -304,7 +294,7 @@ class PostgresCluster:
         log_path = root / "server.log"
         last_error = ""
         for _attempt in range(3):  # another process may take the free port first
-            port = _free_port()
+            port = free_port()
             with open(log_path, "ab") as log:
                 self._server = subprocess.Popen(
                     self._server_args(bin_dir, root, port), cwd=root, user=uid, group=gid,

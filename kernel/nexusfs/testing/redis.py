@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+
+from nexusfs.testing._servers import (
+    REQUIRE_SERVERS_ENV,
+    death_signal_setter,
+    free_port,
+    servers_required,
+)
 
 __all__ = [
     "REDIS_URL_ENV",
@@ -55,21 +59,13 @@ __all__ = [
 
 #: Environment variable naming an existing Redis server to test against.
 REDIS_URL_ENV = "NEXUS_TEST_REDIS_URL"
-#: When ``1``, a missing test server is an error rather than a skip.
-REQUIRE_SERVERS_ENV = "NEXUS_TEST_REQUIRE_SERVERS"
 
-_PR_SET_PDEATHSIG = 1
 _DIR_PREFIX = "nexus-redis-"
 _OWNER_FILE = "owner.pid"
 
 
 class RedisUnavailable(RuntimeError):
     """No Redis server could be found or started (the message says why)."""
-
-
-def servers_required() -> bool:
-    """Whether ``NEXUS_TEST_REQUIRE_SERVERS=1``: missing servers fail instead of skip."""
-    return os.environ.get(REQUIRE_SERVERS_ENV, "").strip() == "1"
 
 
 def redis_server_binary() -> str | None:
@@ -82,31 +78,6 @@ def redis_server_binary() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0 and close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _death_signal_setter() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]  # fmt: skip
-    prctl.restype = ctypes.c_int
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return preexec
 
 
 def _reap_leftovers() -> None:
@@ -226,7 +197,7 @@ class RedisServer:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                    preexec_fn=_death_signal_setter(),
+                    preexec_fn=death_signal_setter(signal.SIGTERM),
                 )
                 self._paused = False
                 deadline = time.monotonic() + timeout

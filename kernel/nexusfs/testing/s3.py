@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import functools
 import http.client
 import importlib.util
@@ -42,13 +41,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
-from nexusfs.testing.redis import REQUIRE_SERVERS_ENV, free_port, servers_required
+from nexusfs.testing._servers import (
+    REQUIRE_SERVERS_ENV,
+    death_signal_setter,
+    free_port,
+    servers_required,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -83,31 +87,11 @@ TEST_CREDENTIALS: Mapping[str, str] = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
-_PR_SET_PDEATHSIG = 1
 
 
 class S3Unavailable(RuntimeError):
     """No S3-compatible server could be found or started (the message says why)."""
 
-
-def _death_signal_setter() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGKILL the child when its parent dies (moto
-    turns SIGTERM into ``sys.exit``, which a busy server can swallow; it keeps nothing
-    worth a graceful stop)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]  # fmt: skip
-    prctl.restype = ctypes.c_int
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-    return preexec
 
 
 def _answers(host: str, port: int, timeout: float) -> bool:
@@ -202,7 +186,7 @@ class MotoServer:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=env,
-                        preexec_fn=_death_signal_setter(),
+                        preexec_fn=death_signal_setter(signal.SIGKILL),
                     )  # fmt: skip
                 deadline = time.monotonic() + timeout
                 while time.monotonic() < deadline and self._proc.poll() is None:

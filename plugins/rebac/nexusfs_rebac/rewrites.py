@@ -13,7 +13,7 @@ FALSE for an intersection or exclusion); otherwise the error is re-raised.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nexusfs_rebac.errors import ResolutionTooComplex
 from nexusfs_rebac.resolve import ACTIVE, FALSE, TRUE, UNKNOWN, Eval, Resolver
@@ -102,31 +102,35 @@ def computed_direct(cr: ComputedRelation, allowed: frozenset[str]) -> Eval:
     return ev
 
 
+def _any_target(res: Resolver, d: Any, targets: list[tuple[str, RelPlan]]) -> int:
+    """The union of ``plan`` over the tupleset's users of each target kind (three-valued:
+    TRUE wins; a depth error is raised only if nothing granted)."""
+    out = FALSE
+    err: ResolutionTooComplex | None = None
+    for kind, plan in targets:
+        s = d.get(kind)
+        if s:
+            for p in s:
+                try:
+                    v = res.node(p, plan)
+                except ResolutionTooComplex as e:
+                    err = e
+                    continue
+                if v == TRUE:
+                    return TRUE
+                if v:
+                    out = UNKNOWN
+    if err is not None:
+        raise err
+    return out
+
+
 def computed_ttu(cr: ComputedRelation, targets: list[tuple[str, RelPlan]]) -> Eval:
     """``X from Y`` where ``Y`` is kernel-computed (``viewer from parent``)."""
 
     def ev(res: Resolver, obj: str) -> int:
         d = cr.read(obj)
-        if not d:
-            return FALSE
-        out = FALSE
-        err: ResolutionTooComplex | None = None
-        for kind, plan in targets:
-            s = d.get(kind)
-            if s:
-                for p in s:
-                    try:
-                        v = res.node(p, plan)
-                    except ResolutionTooComplex as e:
-                        err = e
-                        continue
-                    if v == TRUE:
-                        return TRUE
-                    if v:
-                        out = UNKNOWN
-        if err is not None:
-            raise err
-        return out
+        return _any_target(res, d, targets) if d else FALSE
 
     return ev
 
@@ -146,26 +150,7 @@ def computed(plan: RelPlan) -> Eval:
 def ttu(tupleset: str, allowed: frozenset[str], targets: list[tuple[str, RelPlan]]) -> Eval:
     def ev(res: Resolver, obj: str) -> int:
         d = res.read(obj, tupleset, allowed)
-        if not d:
-            return FALSE
-        out = FALSE
-        err: ResolutionTooComplex | None = None
-        for kind, plan in targets:
-            s = d.get(kind)
-            if s:
-                for p in s:
-                    try:
-                        v = res.node(p, plan)
-                    except ResolutionTooComplex as e:
-                        err = e
-                        continue
-                    if v == TRUE:
-                        return TRUE
-                    if v:
-                        out = UNKNOWN
-        if err is not None:
-            raise err
-        return out
+        return _any_target(res, d, targets) if d else FALSE
 
     return ev
 
