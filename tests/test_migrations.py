@@ -19,6 +19,7 @@ from nexusfs_hooks import EventLog, upgrade_schema
 from nexusfs_hooks.models import (
     EVENT_SEQ,
     INITIAL_REVISION,
+    MIGRATIONS,
     RULES_VERSION,
     TABLES,
     VERSION_TABLE,
@@ -43,6 +44,7 @@ from nexusfs.drivers.recordstore.migrations import (
 )
 from nexusfs.errors import NexusError
 from nexusfs.testing.postgres import require_postgres, temporary_database
+from nexusfs.testing.recordstore import assert_migrations_match
 
 PLUGINS = Path(__file__).resolve().parent / "migration_plugins"
 V1 = "nxmig_v1:migrations"
@@ -288,11 +290,22 @@ def test_second_migrator_waits_for_the_lock(store: SQLAlchemyRecordStore) -> Non
 
 
 def test_hooks_revisions_match_the_models(store: SQLAlchemyRecordStore) -> None:
+    """The revisions build exactly the models (a fresh install is made from the models)."""
+    assert_migrations_match(store, MIGRATIONS, Base.metadata, version_table=VERSION_TABLE)
+
+
+def test_hooks_fresh_install_is_built_from_the_models(store: SQLAlchemyRecordStore) -> None:
     assert upgrade_schema(store) == (INITIAL_REVISION,)
+    assert _revisions(store, VERSION_TABLE) == (INITIAL_REVISION,)
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        diff = compare_metadata(context, Base.metadata)
-    assert diff == []
+        assert compare_metadata(context, Base.metadata) == []
+        counters = dict(conn.execute(text("SELECT name, value FROM nexus_hooks_counters")).all())
+    assert counters == {EVENT_SEQ: 0, RULES_VERSION: 0}
+    assert upgrade_schema(store) == ()
+    log = EventLog(store.session_factory)
+    assert log.last_seq() == 0
+    assert log.append({"op": "write", "path": "/a", "ok": True, "time": 1.0}) == 1
 
 
 def _legacy_schema(store: SQLAlchemyRecordStore, *, counters: bool = True) -> None:
@@ -350,6 +363,30 @@ def test_a_current_schema_is_checked_without_alembic(tmp_path: Path) -> None:
         """
     )
     first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert first.stdout.split() == ["['0001']", "True"], first.stderr
+    assert first.stdout.split() == ["['0001']", "True"], first.stderr  # runs the revision
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.stdout.split() == ["[]", "False"], again.stderr
+
+
+def test_a_fresh_install_is_built_without_alembic(tmp_path: Path) -> None:
+    """A service's first start on an empty database (``nexus up`` on a new data
+    directory) creates its tables from the models: no Alembic import."""
+    import subprocess
+    import sys
+    import textwrap
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
+        from nexusfs_hooks import upgrade_schema
+        with SQLAlchemyRecordStore({url!r}) as store:
+            applied = upgrade_schema(store)
+        print(list(applied), "alembic" in sys.modules)
+        """
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.split() == ["['0001']", "False"], first.stderr
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.stdout.split() == ["[]", "False"], again.stderr

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from sqlalchemy import MetaData
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -487,6 +488,7 @@ class RecordStoreABC(ABC):
         adopt_revision: str | None = None,
         adopt_tables: Sequence[str] = (),
         lock_timeout: float = 300.0,
+        metadata: MetaData | None = None,
     ) -> tuple[str, ...]:
         """Upgrade one service's tables with its Alembic revision files; return the
         revisions applied, oldest first (empty if the schema was already at ``target``).
@@ -497,7 +499,10 @@ class RecordStoreABC(ABC):
         ``"nexusfs_hooks_version"``), so services never clash. ``adopt_revision`` /
         ``adopt_tables``: a database created before the service used migrations (all of
         ``adopt_tables`` exist, no version table) is stamped at ``adopt_revision``
-        without running it, then upgraded.
+        without running it, then upgraded. ``metadata``: the tables as they are at the
+        head; on a fresh database (none of them, no version table) they are created
+        from it and stamped at the head instead of running every revision (see
+        :func:`~nexusfs.drivers.recordstore.migrations.run_migrations`).
 
         Concurrency: processes migrating the same service are serialised (PostgreSQL
         advisory lock, SQLite write lock); the later one applies nothing. Call it when a

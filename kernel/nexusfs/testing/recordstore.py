@@ -26,7 +26,9 @@ without lost rows, serialised read-modify-write with ``with_for_update`` (no los
 updates), objects readable after commit, idempotent ``close()``, and ``migrate``: an
 upgrade to a newer set of revisions keeps the data, a failing revision leaves the schema
 at the previous revision with a :class:`~nexusfs.drivers.recordstore.MigrationError`,
-and two processes migrating at once both succeed with the revisions applied once. The
+two processes migrating at once both succeed with the revisions applied once, and a
+fresh install built from ``metadata=`` is stamped at the head (Alembic takes over for
+the next release) while an existing schema ignores it. The
 migration tests write their revision files to ``tmp_path`` and use the tables
 ``nexus_contract_mig*`` and the version table ``nexus_contract_version``.
 """
@@ -41,13 +43,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import String, func, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from nexusfs.abc import RecordStoreABC
 from nexusfs.drivers.recordstore.migrations import MigrationError, current_revisions
 
 __all__ = [
+    "HEAD_METADATA",
     "MIGRATION_TABLES",
     "MIGRATION_VERSION_TABLE",
     "ContractBase",
@@ -55,6 +69,7 @@ __all__ = [
     "ContractItem",
     "OpenSame",
     "RecordStoreContract",
+    "assert_migrations_match",
     "write_revisions",
 ]
 
@@ -147,6 +162,10 @@ _REVISIONS = {
         op.create_index("ix_nexus_contract_mig_notes_tag", "nexus_contract_mig_notes", ["tag"])
         op.execute("INSERT INTO nexus_contract_mig_log (revision) VALUES ('c2')")
     """),
+    "c4": ("c2", """
+        op.create_table("nexus_contract_mig_extra", sa.Column("id", sa.Integer))
+        op.execute("INSERT INTO nexus_contract_mig_log (revision) VALUES ('c4')")
+    """),
     "c3": ("c2", """
         op.create_table("nexus_contract_mig_extra", sa.Column("id", sa.Integer))
         op.add_column("nexus_contract_mig_notes", sa.Column("doomed", sa.Integer))
@@ -156,8 +175,39 @@ _REVISIONS = {
 }
 
 
+#: The tables as revisions c1 + c2 leave them (the fresh-install path of ``migrate``).
+HEAD_METADATA = MetaData()
+Table(
+    "nexus_contract_mig_notes", HEAD_METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("body", String(200), nullable=False),
+    Column("tag", String(50)),
+    Index("ix_nexus_contract_mig_notes_tag", "tag"),
+)  # fmt: skip
+Table("nexus_contract_mig_log", HEAD_METADATA, Column("revision", String(32)))
+
+
+def assert_migrations_match(
+    store: RecordStoreABC, script_location: str, metadata: MetaData, *, version_table: str
+) -> None:
+    """Run every revision of ``script_location`` on ``store`` (an empty database), then
+    check that the schema they built is what ``metadata`` describes (Alembic's
+    ``compare_metadata``: tables, columns, types, nullability, indexes, unique
+    constraints). A service that passes ``metadata=`` to ``migrate`` (fresh installs are
+    built from it) must keep this true; ``AssertionError`` lists the differences."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    store.migrate(script_location, version_table=version_table)
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": version_table})
+        diff = compare_metadata(context, metadata)
+    assert diff == [], f"the revisions in {script_location!r} do not build the metadata: {diff}"
+
+
 def write_revisions(directory: Path, revisions: list[str], *, sleep: float = 0.0) -> str:
-    """Write the contract's revision files ``revisions`` (of ``c1``, ``c2``, ``c3``) into
+    """Write the contract's revision files ``revisions`` (of ``c1``, ``c2``, ``c3``,
+    ``c4``) into
     ``directory`` (a release of a test service) and return it as a script location."""
     directory.mkdir(parents=True, exist_ok=True)
     for rev in revisions:
@@ -444,6 +494,45 @@ class RecordStoreContract:
         with store.engine.connect() as conn:
             body = conn.execute(text("SELECT body FROM nexus_contract_mig_notes")).scalar()
         assert body == "x"
+
+    def test_migrate_fresh_install_from_metadata(
+        self, migrating_store: RecordStoreABC, tmp_path: Path
+    ) -> None:
+        store = migrating_store
+        release2 = write_revisions(tmp_path / "release2", ["c1", "c2"])
+        assert_migrations_match(store, release2, HEAD_METADATA,
+                                version_table=MIGRATION_VERSION_TABLE)  # fmt: skip
+        _drop_migration_tables(store)
+        applied = store.migrate(release2, version_table=MIGRATION_VERSION_TABLE,
+                                metadata=HEAD_METADATA)  # fmt: skip
+        assert applied == ("c1", "c2")
+        assert _revision(store) == ("c2",)
+        assert _log(store) == []  # built from the metadata: no revision ran
+        with store.engine.connect() as conn:
+            insp = inspect(conn)
+            columns = {c["name"] for c in insp.get_columns("nexus_contract_mig_notes")}
+            indexes = {ix["name"] for ix in insp.get_indexes("nexus_contract_mig_notes")}
+        assert columns == {"id", "body", "tag"}
+        assert "ix_nexus_contract_mig_notes_tag" in indexes
+        assert store.migrate(release2, version_table=MIGRATION_VERSION_TABLE,
+                             metadata=HEAD_METADATA) == ()  # fmt: skip
+        # Alembic takes over from the stamp: the next release runs only its revision.
+        release3 = write_revisions(tmp_path / "release3", ["c1", "c2", "c4"])
+        assert store.migrate(release3, version_table=MIGRATION_VERSION_TABLE) == ("c4",)
+        assert _revision(store) == ("c4",)
+        assert _log(store) == ["c4"]
+
+    def test_migrate_metadata_is_ignored_on_an_existing_schema(
+        self, migrating_store: RecordStoreABC, tmp_path: Path
+    ) -> None:
+        store = migrating_store
+        release1 = write_revisions(tmp_path / "release1", ["c1"])
+        store.migrate(release1, version_table=MIGRATION_VERSION_TABLE)
+        release2 = write_revisions(tmp_path / "release2", ["c1", "c2"])
+        applied = store.migrate(release2, version_table=MIGRATION_VERSION_TABLE,
+                                metadata=HEAD_METADATA)  # fmt: skip
+        assert applied == ("c2",)  # an upgrade runs its revisions
+        assert _log(store) == ["c1", "c2"]
 
     def test_concurrent_migrations_apply_once(
         self, migrating_store: RecordStoreABC, multiprocess: bool, tmp_path: Path

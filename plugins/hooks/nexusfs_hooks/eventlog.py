@@ -18,6 +18,7 @@ for the usual contiguous batch), one ``INSERT`` of all new rows (on PostgreSQL a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -38,7 +39,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from nexusfs.errors import InvalidPath
@@ -63,16 +63,16 @@ _PG_ARRAY_TYPES: dict[str, Any] = {
 _COLUMNS = tuple(_PG_ARRAY_TYPES)
 
 
+@functools.cache
 def _pg_batch_insert() -> Any:
     """``INSERT INTO events (...) SELECT * FROM unnest(:seq::BIGINT[], ...)``: a whole
     batch in one statement with one array parameter per column (a fixed statement, so
     it is compiled and planned once, whatever the batch size)."""
+    from sqlalchemy.dialects import postgresql  # only PostgreSQL stores pay the import
+
     arrays = [bindparam(c, type_=postgresql.ARRAY(t)) for c, t in _PG_ARRAY_TYPES.items()]
     src = func.unnest(*arrays).table_valued(*_COLUMNS, name="batch").render_derived()
     return insert(_TABLE).from_select(list(_COLUMNS), select(*(src.c[c] for c in _COLUMNS)))
-
-
-_PG_INSERT = _pg_batch_insert()
 
 
 def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -80,7 +80,8 @@ def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     on PostgreSQL (arrays through ``unnest``), an ``executemany`` elsewhere (SQLite runs
     it in-process)."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_INSERT, {c: [row[c] for row in rows] for c in _COLUMNS})
+        stmt = _pg_batch_insert()
+        session.execute(stmt, {c: [row[c] for row in rows] for c in _COLUMNS})
     else:
         session.execute(insert(_TABLE), rows)
 

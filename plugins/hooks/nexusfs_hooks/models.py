@@ -10,9 +10,11 @@ Tables (all prefixed ``nexus_hooks_``):
   every rule change, so workers know when to reload their compiled rules).
 * ``rules``: user hook rules.
 
-The models describe the newest schema; the tables are created and upgraded only by the
-Alembic revisions in :mod:`nexusfs_hooks.migrations` (:func:`upgrade_schema`), never by
-``create_all``. A test checks that the two agree on SQLite and PostgreSQL.
+The models describe the newest schema. The Alembic revisions in
+:mod:`nexusfs_hooks.migrations` upgrade existing databases; a fresh one is built from the
+models and stamped at the newest revision (:func:`upgrade_schema`, which skips importing
+Alembic on a first start). A test checks that the revisions build exactly the models, on
+SQLite and PostgreSQL.
 
 Paths are compared bytewise (``COLLATE "C"`` on PostgreSQL, SQLite's default ``BINARY``)
 so prefix queries can use index range scans.
@@ -115,7 +117,8 @@ def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tup
     revisions applied (empty if already current).
 
     Runs the Alembic revisions in :mod:`nexusfs_hooks.migrations` through
-    ``store.migrate`` (version table :data:`VERSION_TABLE`). A database whose tables
+    ``store.migrate`` (version table :data:`VERSION_TABLE`); a fresh database is built
+    from :data:`Base`'s metadata and stamped instead. A database whose tables
     were made by ``create_all`` before the service used migrations is adopted: stamped
     at the initial revision :data:`INITIAL_REVISION`, then upgraded. Safe when several
     processes start at once (they are serialised; one applies the revisions). Then the
@@ -131,6 +134,7 @@ def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tup
         adopt_revision=INITIAL_REVISION,
         adopt_tables=TABLES,
         lock_timeout=lock_timeout,
+        metadata=Base.metadata,
     )
     try:
         with store.session_factory.begin() as session:

@@ -17,9 +17,10 @@ Tables (all prefixed ``nexus_rebac_``):
   of the write. Writers are serialised by the ``revision`` row, so ``id`` increases with
   revision and a row with a smaller ``id`` is always committed before one with a larger.
 
-The models describe the newest schema; the tables are created and upgraded only by the
-Alembic revisions in :mod:`nexusfs_rebac.migrations` (:func:`upgrade_schema`), never by
-``create_all``. A test checks that the two agree on SQLite and PostgreSQL.
+The models describe the newest schema. The Alembic revisions in
+:mod:`nexusfs_rebac.migrations` upgrade existing databases; a fresh one is built from the
+models and stamped at the newest revision (:func:`upgrade_schema`). A test checks that the
+revisions build exactly the models, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tup
     revisions applied (empty if already current), then make the ``meta`` rows exist.
 
     Runs the Alembic revisions in :mod:`nexusfs_rebac.migrations` through
-    ``store.migrate`` (version table :data:`VERSION_TABLE`). Safe when several processes
+    ``store.migrate`` (version table :data:`VERSION_TABLE`); a fresh database is built
+    from :data:`Base`'s metadata and stamped at the newest revision instead. Safe when several processes
     start at once: migrations are serialised (one applies them) and a race on the
     ``meta`` rows is settled by their primary key (the loser keeps the winner's rows).
 
@@ -131,7 +133,8 @@ def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tup
     ``MigrationError`` (or a subclass) if the schema cannot be upgraded, and the
     ``sqlalchemy.exc`` error if the ``meta`` rows cannot be written.
     """
-    applied = store.migrate(MIGRATIONS, version_table=VERSION_TABLE, lock_timeout=lock_timeout)
+    applied = store.migrate(MIGRATIONS, version_table=VERSION_TABLE, lock_timeout=lock_timeout,
+                            metadata=Base.metadata)
     try:
         with store.session_factory.begin() as session:
             present = set(session.scalars(select(Meta.name)))

@@ -15,6 +15,7 @@ from nexusfs.api import FileSystem
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 from nexusfs.errors import NexusError, ServiceUnavailable
 from nexusfs.hookspecs import ServiceInfo
+from nexusfs.testing.recordstore import assert_migrations_match
 from nexusfs_rebac import default_model
 from nexusfs_rebac.errors import (
     DuplicateTuple,
@@ -28,7 +29,7 @@ from nexusfs_rebac.errors import (
     ResolutionTooComplex,
 )
 from nexusfs_rebac.plugin import READ_ONLY_METHODS, RebacPlugin, plugin
-from nexusfs_rebac.tables import VERSION_TABLE, Base, upgrade_schema
+from nexusfs_rebac.tables import MIGRATIONS, VERSION_TABLE, Base, upgrade_schema
 
 
 def docs(svc: Worker) -> str:
@@ -79,6 +80,10 @@ def test_bad_config_fails_the_start(store: SQLAlchemyRecordStore, tmp_path: Path
 
 
 def test_migrations_match_the_orm_models(store: SQLAlchemyRecordStore) -> None:
+    assert_migrations_match(store, MIGRATIONS, Base.metadata, version_table=VERSION_TABLE)
+
+
+def test_fresh_install_is_built_from_the_models(store: SQLAlchemyRecordStore) -> None:
     assert upgrade_schema(store) == ("0001",)
     assert upgrade_schema(store) == ()
     with store.engine.connect() as conn:

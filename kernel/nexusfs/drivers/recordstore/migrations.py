@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect, text
+from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -208,6 +208,87 @@ def _static_heads(versions: Path) -> frozenset[str] | None:
     return frozenset(revisions - parents) if revisions else None
 
 
+def _static_chain(versions: Path) -> tuple[str, ...] | None:
+    """The revisions of a plain *linear* revision directory, oldest first, read like
+    :func:`_static_heads`; ``None`` when the graph is not one simple chain."""
+    parent_of: dict[str, str | None] = {}
+    for path in versions.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        found = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(source)}
+        if set(found) != {"revision", "down_revision"}:
+            return None
+        rev, down = (_ID.match(found[k]) for k in ("revision", "down_revision"))
+        if rev is None or rev.group(2) is None or down is None or rev.group(2) in parent_of:
+            return None
+        parent_of[rev.group(2)] = down.group(2)
+    child_of: dict[str | None, str] = {}
+    for rev_id, parent in parent_of.items():
+        if parent in child_of:
+            return None  # a branch
+        child_of[parent] = rev_id
+    chain: list[str] = []
+    cursor: str | None = None
+    while cursor in child_of:
+        cursor = child_of[cursor]
+        chain.append(cursor)
+    return tuple(chain) if chain and len(chain) == len(parent_of) else None
+
+
+def _create_fresh(
+    engine: Engine,
+    metadata: MetaData,
+    version_table: str,
+    head: str,
+    lock_timeout: float,
+) -> bool:
+    """On a database without any of ``metadata``'s tables and without ``version_table``:
+    ``create_all`` and stamp ``head``, in one locked transaction (Alembic's "build from
+    scratch, then stamp" recipe, without importing Alembic). Returns whether it did;
+    ``False`` (nothing touched) when any of those tables exists."""
+    conn = _begin_locked(engine, version_table, lock_timeout)
+    try:
+        inspector = inspect(conn)
+        if inspector.has_table(version_table) or any(
+            inspector.has_table(t.name, schema=t.schema) for t in metadata.sorted_tables
+        ):
+            _rollback_quietly(conn)
+            return False
+        metadata.create_all(conn)
+        # The version table exactly as Alembic makes it (so Alembic takes over later).
+        versions = Table(
+            version_table,
+            MetaData(),
+            Column("version_num", String(32), nullable=False),
+            PrimaryKeyConstraint("version_num", name=f"{version_table}_pkc"),
+        )
+        versions.create(conn)
+        conn.execute(versions.insert().values(version_num=head))
+        conn.commit()
+        return True
+    except MigrationError:
+        _rollback_quietly(conn)
+        raise
+    except Exception as exc:
+        _rollback_quietly(conn)
+        cls = MigrationError
+        if isinstance(exc, OperationalError) and (
+            getattr(exc.orig, "sqlstate", None) == "55P03" or _is_lock_error(exc)
+        ):
+            cls = MigrationLockTimeout
+        raise cls(
+            f"creating the schema of {version_table!r} from its metadata failed; rolled "
+            f"back, nothing changed: {type(exc).__name__}: {exc}",
+            version_table=version_table,
+        ) from exc
+    finally:
+        conn.close()
+
+
 def _already_current(engine: Engine, versions: Path, version_table: str) -> bool:
     """Whether the database already records exactly the scripts' heads: one plain query,
     no Alembic import and no lock (a schema at its heads stays there: only an upgrade
@@ -360,9 +441,20 @@ def run_migrations(
     adopt_revision: str | None = None,
     adopt_tables: Sequence[str] = (),
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    metadata: MetaData | None = None,
 ) -> tuple[str, ...]:
     """Upgrade the tables of one service to ``target`` and return the revisions applied,
     oldest first (empty when the schema was already current).
+
+    ``metadata``: the service's tables as they are at the scripts' head. When it is given,
+    ``target`` is the head, the scripts form one linear chain and the database has none
+    of those tables and no version table (a fresh install), the schema is made with
+    ``metadata.create_all`` and stamped at the head in one transaction instead of running
+    every revision (Alembic's recommended way to build a new database; it also skips
+    importing Alembic, a large part of a service's first start). Every revision is then
+    reported as applied. The caller vouches that ``metadata`` equals what the revisions
+    build (test it: see :func:`nexusfs.testing.recordstore.assert_migrations_match`)
+    and must itself write any rows its revisions insert.
 
     ``engine`` must be a :class:`~nexusfs.drivers.recordstore.SQLAlchemyRecordStore`'s
     (on SQLite its transactions begin with ``BEGIN IMMEDIATE``, which is the lock).
@@ -394,6 +486,12 @@ def run_migrations(
     versions = resolve_script_location(script_location)
     if target in ("head", "heads") and _already_current(engine, versions, version_table):
         return ()
+    if metadata is not None and target in ("head", "heads"):
+        chain = _static_chain(versions)
+        if chain is not None and _create_fresh(
+            engine, metadata, version_table, chain[-1], lock_timeout
+        ):
+            return chain
     applied: list[str] = []
 
     def on_version_apply(*, step: MigrationInfo, **_kw: Any) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -173,6 +173,7 @@ class SQLAlchemyRecordStore(RecordStoreABC):
         adopt_revision: str | None = None,
         adopt_tables: Sequence[str] = (),
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        metadata: MetaData | None = None,
     ) -> tuple[str, ...]:
         """Upgrade a service's tables (see :meth:`nexusfs.abc.RecordStoreABC.migrate`
         and :func:`~nexusfs.drivers.recordstore.migrations.run_migrations` for the
@@ -185,6 +186,7 @@ class SQLAlchemyRecordStore(RecordStoreABC):
             adopt_revision=adopt_revision,
             adopt_tables=adopt_tables,
             lock_timeout=lock_timeout,
+            metadata=metadata,
         )
 
     def close(self) -> None:
