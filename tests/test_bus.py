@@ -272,6 +272,35 @@ def test_oversize_both_sides_of_codec() -> None:
 
 
 @pytest.mark.anyio
+async def test_connect_waits_for_a_starting_server(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "bus.sock"
+    with pytest.raises(ServiceUnavailable, match="cannot connect"):
+        async with connect_unix(path):
+            pass  # nothing listens and no connect_timeout: fails at once
+    t0 = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="cannot connect"):
+        async with connect_unix(path, connect_timeout=0.3):
+            pass
+    assert time.monotonic() - t0 >= 0.3
+    path.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # a socket file nobody listens on: refused, retried
+    stale.close()
+
+    async def late_server(task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.sleep(0.3)
+        await serve_unix(path, Service)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(late_server)
+        async with connect_unix(path, connect_timeout=10.0) as conn:
+            assert await conn.call("echo", x=1) == 1
+        tg.cancel_scope.cancel()
+
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("portable", ENGINES)
 async def test_round_trip_and_typed_errors(tmp_path: Path, portable: bool) -> None:
     async with served(tmp_path, portable) as (path, _), connect_unix(

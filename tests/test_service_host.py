@@ -33,6 +33,7 @@ from svc_test_helpers import (
 from nexusfs.bus import InternalError, UnknownMethod
 from nexusfs.errors import PermissionDenied, ServiceUnavailable
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
+from nexusfs.services._spawn import prestart
 from nexusfs.services.host import ServiceHost, UnknownService
 from nexusfs.services.registry import installed_services
 
@@ -155,6 +156,46 @@ async def test_import_failure_is_failed_and_isolated(tmp_path: Path, markers: Pa
         with pytest.raises(ServiceUnavailable, match="failed"):
             await host.call("badimport", "x", {}, deadline=deadline())
         assert "broken on purpose" in host.logs("badimport")
+
+
+@pytest.mark.anyio
+async def test_prestarted_workers_are_adopted(tmp_path: Path, markers: Path) -> None:
+    """The daemon starts its first workers before the host exists (their imports overlap
+    the kernel's start-up); the host adopts them: same handshake, same failure reports."""
+    pre = prestart(["echo", "badimport"], run_dir=tmp_path / "run", data_dir=tmp_path / "data")
+    assert set(pre) == {"echo", "badimport"}
+    echo_pid = pre["echo"].popen.pid
+    await anyio.sleep(0.5)  # nothing listens yet: the workers wait for the socket
+    async with running_host(tmp_path, ["echo", "badimport"], prestarted=pre) as host:
+        s = await wait_state(host, "echo", "running")
+        assert s["pid"] == echo_pid
+        assert await host.call("echo", "pid", {}, deadline=deadline()) == echo_pid
+        bad = await wait_state(host, "badimport", "failed")
+        assert bad["last_exit"] == "exited with code 3"
+        assert "broken on purpose" in bad["last_error"] and "Traceback" in bad["last_error"]
+    assert pre["echo"].popen.poll() is not None  # stopped with the host
+
+
+@pytest.mark.anyio
+async def test_prestarted_workers_not_adopted_are_killed(tmp_path: Path, markers: Path) -> None:
+    pre = prestart(["echo", "nohello"], run_dir=tmp_path / "run", data_dir=tmp_path / "data")
+    nohello = pre["nohello"].popen
+    async with running_host(tmp_path, ["echo"], prestarted=pre) as host:
+        await wait_state(host, "echo", "running")
+        assert nohello.poll() is not None  # not configured: killed at once
+        s = info(host, "nohello")  # (listed because it is installed)
+        assert s["state"] == "stopped" and s["pid"] is None
+
+
+@pytest.mark.anyio
+async def test_hot_restart_replaces_a_prestarted_worker(tmp_path: Path, markers: Path) -> None:
+    pre = prestart(["echo"], run_dir=tmp_path / "run", data_dir=tmp_path / "data")
+    async with running_host(tmp_path, ["echo"], prestarted=pre) as host:
+        first = (await wait_state(host, "echo", "running"))["pid"]
+        await host.restart_service("echo")
+        second = info(host, "echo")["pid"]
+        assert second != first and pre["echo"].popen.poll() is not None
+        assert await host.call("echo", "pid", {}, deadline=deadline()) == second
 
 
 @pytest.mark.anyio

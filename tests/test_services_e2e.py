@@ -3,6 +3,7 @@ service in its own worker, driven through the public API and the ``nexus`` CLI."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -99,6 +100,17 @@ def test_kernel_process_never_imports_plugin_code(kernel: Path) -> None:
         services = {s["name"]: s for s in nx.call("services.list")}
         assert services["hooks"]["state"] == "running"
         assert services["hooks"]["pid"] != status["pid"]
+
+
+def test_first_workers_start_with_the_kernel_and_are_adopted(kernel: Path) -> None:
+    """The daemon starts its workers as soon as it holds the data directory (their
+    imports overlap its own start-up): the running hooks worker is that process, not a
+    standby spare."""
+    with nexusfs.connect(data_dir=kernel) as nx:
+        pid = next(s["pid"] for s in nx.call("services.list") if s["name"] == "hooks")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"nexusfs.services.worker" in cmdline and b"--standby" not in cmdline
+    assert os.getpgid(pid) == pid  # its own session, like every worker
 
 
 def test_hot_restart_under_load_fails_no_call(kernel: Path) -> None:

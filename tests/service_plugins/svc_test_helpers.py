@@ -53,9 +53,14 @@ def dummy_kernel_handlers(name: str, conn: Any) -> dict[str, Callable[..., Any]]
 @asynccontextmanager
 async def running_host(tmp_path: Path, services: list[str] | None,
                        **overrides: Any) -> AsyncIterator[ServiceHost]:
+    """A service host over ``tmp_path`` running ``services`` (``None``: all installed).
+    ``prestarted``: workers started beforehand (:func:`nexusfs.services._spawn.prestart`)
+    for the host to adopt."""
     sup = {**FAST, **overrides.pop("supervisor", {})}
+    prestarted = overrides.pop("prestarted", None)
     config = {"services": services, "supervisor": sup, **overrides}
-    host = ServiceHost(tmp_path / "data", tmp_path / "run", dummy_kernel_handlers, config)
+    host = ServiceHost(tmp_path / "data", tmp_path / "run", dummy_kernel_handlers, config,
+                       prestarted=prestarted)  # fmt: skip
     async with anyio.create_task_group() as tg:
         await tg.start(host.run)
         try:

@@ -25,6 +25,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -175,14 +176,24 @@ async def connect_unix(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     default_timeout: float | None = None,
     portable: bool = False,
+    connect_timeout: float = 0.0,
 ) -> AsyncIterator[Connection]:
     """``async with connect_unix(path, handlers) as conn:`` - an async bus client whose
     ``handlers`` serve the server's calls back. Raises :class:`ServiceUnavailable` if
-    nothing listens at ``path``; the connection is closed when the block exits."""
-    try:
-        stream = await anyio.connect_unix(os.fspath(path))
-    except OSError as exc:
-        raise ServiceUnavailable(f"cannot connect to bus at {path}: {exc}") from exc
+    nothing listens at ``path`` (after ``connect_timeout`` seconds of retrying while the
+    socket is missing or refuses: a server that is still starting); the connection is
+    closed when the block exits."""
+    deadline = time.monotonic() + connect_timeout
+    while True:
+        try:
+            stream = await anyio.connect_unix(os.fspath(path))
+            break
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(f"cannot connect to bus at {path}: {exc}") from exc
+            await anyio.sleep(0.005)
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot connect to bus at {path}: {exc}") from exc
     async with Connection(
         stream,
         handlers,

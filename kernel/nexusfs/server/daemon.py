@@ -12,9 +12,10 @@ socket lives in a private 0700 directory under ``$XDG_RUNTIME_DIR`` (or ``/tmp``
 ``kernel.json`` records where.
 
 Invariants: the daemon opens the metastore (taking redb's exclusive file lock) *before*
-it listens, and it writes ``kernel.json`` only once it answers calls, so a client that
-finds a live socket always reaches a kernel that owns the data; a client that finds no
-live kernel opens the directory embedded, and redb's lock makes the two exclusive.
+it listens or starts any service worker, and it writes ``kernel.json`` only once it
+answers calls, so a client that finds a live socket always reaches a kernel that owns
+the data; a client that finds no live kernel opens the directory embedded, and redb's
+lock makes the two exclusive.
 ``kernel.json`` and the socket are removed on a clean stop; a stale pair left by a crash
 is ignored (nobody answers) and replaced by the next ``up``.
 """
@@ -87,7 +88,7 @@ def kernel_state(data_dir: Path, *, check: bool = True) -> KernelState | None:
 
 
 def _answers(sock: str, timeout: float = 2.0) -> bool:
-    from nexusfs.bus import BlockingClient
+    from nexusfs.bus.client import BlockingClient
 
     try:
         with BlockingClient(sock, timeout=timeout) as client:
@@ -116,28 +117,60 @@ def serve_forever(
     settings = load_settings(
         data_dir, overrides={"durability": durability, "distro": distro}, override_source="flag"
     )
-    check_daemon_distro(settings)
+    # (`start` checked the distro against the installed packages; a service that is not
+    # installed is reported by the host.)
+    check_daemon_distro(settings, check_installed=False)
     rdir = run_dir(data_dir)
     rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(rdir, 0o700)
     fs = open_embedded(settings)
+    prestarted: dict[str, Any] = {}
     try:
+        # The workers' imports are the longest part of a start: begin them now, while
+        # the kernel sets up (the host adopts them; see nexusfs.services._spawn).
+        entries, prestarted = _prestart_services(settings)
         from nexusfs.bus.runner import run as run_loop
 
-        run_loop(_serve, fs, settings)
+        run_loop(_serve, fs, settings, entries, prestarted)
     finally:
+        # The host has stopped every worker it ran; one still alive here was never
+        # adopted (the loop failed before the host started).
+        for pre in prestarted.values():
+            if pre.popen.poll() is None:
+                pre.discard()
         fs.close()
         with contextlib.suppress(OSError):
             _state_file(data_dir).unlink()
 
 
-def check_daemon_distro(settings: Settings) -> None:
-    """``ConfigError`` if the settings' distro runs the kernel embedded (no daemon)."""
+def _prestart_services(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Start the configured services' workers now (before the host exists): returns the
+    installed services (``None`` when not read) and the prestarted workers by name."""
+    if settings.services == ():
+        return None, {}
+    from nexusfs.services._spawn import prestart
+
+    entries: dict[str, Any] | None = None
+    if settings.services is None:
+        from nexusfs.services.registry import installed_services
+
+        entries = dict(installed_services())
+        names = list(entries)
+    else:
+        names = list(settings.services)
+    rdir = run_dir(settings.data_dir)
+    return entries, prestart(names, run_dir=rdir, data_dir=settings.data_dir)
+
+
+def check_daemon_distro(settings: Settings, *, check_installed: bool = True) -> None:
+    """``ConfigError`` if the settings' distro runs the kernel embedded (no daemon);
+    ``DistroError`` if it is invalid (with ``check_installed``, also when a service or
+    extra it names is not installed)."""
     if settings.distro is None:
         return
     from nexusfs.distro import load_distro
 
-    distro = load_distro(settings.distro)
+    distro = load_distro(settings.distro, check_installed=check_installed)
     if distro.mode == "embedded":
         raise ConfigError(
             f"distro {distro.name!r} runs the kernel in-process (mode embedded); it has no "
@@ -145,7 +178,9 @@ def check_daemon_distro(settings: Settings) -> None:
         )
 
 
-async def _serve(fs: Any, settings: Settings) -> None:
+async def _serve(
+    fs: Any, settings: Settings, entries: dict[str, Any] | None, prestarted: dict[str, Any]
+) -> None:
     import anyio
 
     from nexusfs.bus import Connection, serve_unix
@@ -199,7 +234,7 @@ async def _serve(fs: Any, settings: Settings) -> None:
             return open_session(conn, session)
 
         pipeline = Pipeline()
-        host = _service_host(settings, service_handlers)
+        host = _service_host(settings, service_handlers, entries, prestarted)
         pipeline.host = host
         if host is not None:
             await tg.start(host.run)
@@ -267,10 +302,16 @@ def _kind_of(fs: Any) -> Any:
     return kind
 
 
-def _service_host(settings: Settings, handlers: Any) -> Any:
+def _service_host(
+    settings: Settings,
+    handlers: Any,
+    entries: dict[str, Any] | None = None,
+    prestarted: dict[str, Any] | None = None,
+) -> Any:
     """The service host for this kernel, or ``None`` when no service is configured
     (``services = []``, ``NEXUS_SERVICES=""``). ``None`` (``all``) starts every
-    installed service. Workers get the RecordStore and CacheStore URLs of the settings."""
+    installed service. Workers get the RecordStore and CacheStore URLs of the settings;
+    ``entries`` / ``prestarted`` come from :func:`_prestart_services`."""
     from nexusfs.services.host import ServiceHost
 
     if settings.services == ():
@@ -280,7 +321,8 @@ def _service_host(settings: Settings, handlers: Any) -> Any:
         "record_store_url": settings.record_store,
         "cache_url": settings.cache_store,
     }
-    return ServiceHost(settings.data_dir, run_dir(settings.data_dir), handlers, config)
+    return ServiceHost(settings.data_dir, run_dir(settings.data_dir), handlers, config,
+                       entries=entries, prestarted=prestarted)  # fmt: skip
 
 
 def _version() -> str:
@@ -330,6 +372,8 @@ def start(
             start_new_session=True,
             close_fds=True,
         )
+    from nexusfs.bus.client import BlockingClient  # noqa: F401  (imported while it boots)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = kernel_state(data_dir, check=False)
@@ -337,7 +381,7 @@ def start(
             return state
         if proc.poll() is not None:
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     if proc.poll() is None:
         proc.kill()
     tail = logfile.read_text(errors="replace")[-2000:].strip()

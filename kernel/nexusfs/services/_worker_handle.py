@@ -12,6 +12,9 @@ Invariants:
   reaches zero, which is what a hot restart waits for before stopping it.
 * ``kill()`` SIGKILLs the worker's whole process group (it runs in its own session), is
   idempotent and never raises.
+* :class:`PopenProcess` makes a worker started with ``subprocess.Popen`` (prestarted by
+  the daemon, :mod:`nexusfs.services._spawn`) look like the ``anyio`` processes the
+  supervisor starts itself.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,10 +30,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from nexusfs.bus import Connection
 
-__all__ = ["Policy", "WorkerHandle", "close_proc", "describe_exit", "first_of", "log_tail"]
+__all__ = ["Policy", "PopenProcess", "WorkerHandle", "close_proc", "describe_exit", "first_of",
+           "log_tail"]
 
 
 @dataclass(slots=True)
@@ -53,6 +59,9 @@ class Policy:
     post_timeout: float = 30.0
     post_linger: float = 0.005
     warm_spare: bool = True
+    #: After a service's first start, its warm spare waits this long, so that it does not
+    #: compete for the CPU with the kernel's own start-up.
+    first_spare_delay: float = 1.0
     log_max_bytes: int = 1 << 20
 
     @classmethod
@@ -109,6 +118,62 @@ class WorkerHandle:
 
     def tail(self, limit: int = 4000) -> str:
         return log_tail(self.log_path, self.log_offset, limit)
+
+
+class PopenProcess(anyio.abc.Process):
+    """A :class:`subprocess.Popen` child seen through ``anyio.abc.Process`` (no pipes)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    async def wait(self) -> int:
+        """The exit code once the process has exited (a pidfd when the OS has them, so
+        only this child is reaped; else a worker thread)."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        fd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            fd = os.pidfd_open(self._popen.pid)
+        if fd < 0:
+            return await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+        try:
+            await anyio.wait_readable(fd)  # readable once the process has exited
+        finally:
+            os.close(fd)
+        return self._popen.wait()
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, signal: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.send_signal(signal)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    @property
+    def stdin(self) -> None:
+        return None
+
+    @property
+    def stdout(self) -> None:
+        return None
+
+    @property
+    def stderr(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self.wait()
 
 
 def log_tail(path: Path, offset: int = 0, limit: int = 4000) -> str:

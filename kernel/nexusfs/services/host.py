@@ -33,8 +33,6 @@ Failure semantics (also in each method's docstring):
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -47,6 +45,7 @@ import anyio.abc
 from nexusfs.bus import Connection, UnknownMethod, serve_unix
 from nexusfs.errors import InvalidPath, NexusError, PermissionDenied, ServiceUnavailable
 from nexusfs.hookspecs import HOOKABLE, SyscallEvent, SyscallOutcome
+from nexusfs.services._spawn import PrestartedWorker, services_socket_path
 from nexusfs.services._worker_handle import Policy, WorkerHandle
 from nexusfs.services.registry import ServiceEntry, installed_services
 from nexusfs.services.supervisor import STATES, Supervisor
@@ -66,7 +65,6 @@ if tuple(f.name for f in fields(SyscallEvent)) != EVENT_FIELDS or tuple(
         f.name for f in fields(SyscallOutcome)) != OUTCOME_FIELDS:  # pragma: no cover
     raise ImportError("nexusfs.hookspecs changed SyscallEvent/SyscallOutcome: update "
                       "EVENT_FIELDS/OUTCOME_FIELDS and bump PROTOCOL")
-_MAX_SUN_PATH = 100
 KernelHandlers = Callable[[str, Connection], Mapping[str, Callable[..., Any]]]
 
 
@@ -80,7 +78,12 @@ class ServiceHost:
     """See the module docstring. Construct, then ``await tg.start(host.run)``."""
 
     def __init__(self, data_dir: Path, run_dir: Path, kernel_handlers: KernelHandlers,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, *,
+                 prestarted: Mapping[str, PrestartedWorker] | None = None,
+                 entries: Mapping[str, ServiceEntry] | None = None) -> None:
+        """``prestarted``: workers the daemon already started (adopted by the first
+        start of their service; killed if not configured). ``entries``: the installed
+        services, when the caller has just read them (else read at :meth:`run`)."""
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.kernel_handlers = kernel_handlers
@@ -88,10 +91,12 @@ class ServiceHost:
         self.policy = Policy.from_config(self.config.get("supervisor"))
         self.default_timeout = float(self.config.get("call_timeout", 30.0))
         self.hook_timeout = float(self.config.get("pre_hook_timeout", 5.0))
-        self.socket_path = _socket_path(self.run_dir / "services.sock")
+        self.socket_path = services_socket_path(self.run_dir)
         self._tokens: dict[str, WorkerHandle] = {}
         self._sups: dict[str, Supervisor] = {}
-        self._entries: dict[str, ServiceEntry] = {}
+        self._entries: dict[str, ServiceEntry] = dict(entries or {})
+        self._given_entries = entries is not None
+        self._prestarted = dict(prestarted or {})
         self._pre: dict[str, tuple[Supervisor, ...]] = {}
         self._post: dict[str, tuple[Supervisor, ...]] = {}
         self._pre_all: tuple[Supervisor, ...] = ()
@@ -106,20 +111,25 @@ class ServiceHost:
                   ) -> None:
         """Listen, start the configured services, serve until cancelled; then stop
         every worker gracefully (shielded) before returning."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._core)
-            task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(self.policy.drain_timeout
-                                             + self.policy.stop_timeout + 2):
-                        async with anyio.create_task_group() as stop_tg:
-                            for sup in list(self._sups.values()):
-                                stop_tg.start_soon(sup.stop)
-                    if self._core_scope is not None:
-                        self._core_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._core)
+                task_status.started()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        with anyio.move_on_after(self.policy.drain_timeout
+                                                 + self.policy.stop_timeout + 2):
+                            async with anyio.create_task_group() as stop_tg:
+                                for sup in list(self._sups.values()):
+                                    stop_tg.start_soon(sup.stop)
+                        if self._core_scope is not None:
+                            self._core_scope.cancel()
+        finally:
+            for pre in self._prestarted.values():  # never adopted
+                pre.discard()
+            self._prestarted.clear()
 
     async def _core(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         # Shielded: when run() is cancelled, the listener and the supervisors must keep
@@ -127,18 +137,27 @@ class ServiceHost:
         with anyio.CancelScope(shield=True) as scope:
             self._core_scope = scope
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._entries = installed_services()
+            if not self._given_entries:
+                self._entries = installed_services()
             wanted = self.config.get("services")
             names = list(self._entries) if wanted is None else list(wanted)
+            for name in set(self._prestarted) - set(names):
+                self._prestarted.pop(name).discard()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                await tg.start(serve_unix, self.socket_path, self._factory)
+                # Supervisors first: a prestarted worker says hello as soon as the
+                # socket accepts, and its supervisor must know its token by then.
+                # (Workers wait for the socket to accept.)
                 for name in names:
                     if name not in self._entries:
                         log.error("service %s is configured but not installed", name)
+                        pre = self._prestarted.pop(name, None)
+                        if pre is not None:
+                            pre.discard()
                         continue
                     await self._supervisor(name)
                     self._sups[name].start()
+                await tg.start(serve_unix, self.socket_path, self._factory)
                 task_status.started()
                 await anyio.sleep_forever()
 
@@ -157,6 +176,7 @@ class ServiceHost:
             data_dir=self.data_dir, policy=self.policy, tokens=self._tokens,
             on_change=self._reindex, env=self.config.get("env"),
             outbox_capacity=int(self.config.get("outbox_capacity", 100_000)),
+            prestarted=self._prestarted.pop(name, None),
         )
         self._sups[name] = sup
         assert self._tg is not None, "ServiceHost.run() is not running"
@@ -454,12 +474,3 @@ def _default_record_store_url(data_dir: Path) -> str:
     except ImportError:
         return f"sqlite:///{data_dir / 'records.db'}"
 
-
-def _socket_path(path: Path) -> Path:
-    if len(os.fsencode(path.resolve())) <= _MAX_SUN_PATH:
-        return path
-    import hashlib
-
-    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:20]
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    return base / f"nexus-{os.getuid()}" / f"svc-{digest}.sock"

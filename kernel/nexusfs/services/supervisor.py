@@ -28,7 +28,12 @@ Invariants and failure semantics:
 * A warm spare (an interpreter that imported everything but the plugin, blocked on
   stdin) is kept per service when ``warm_spare``; crash restarts use it, hot restarts
   start a fresh process. Either way the plugin is imported only on activation, so a
-  worker always runs the plugin code that is on disk at that moment.
+  worker always runs the plugin code that is on disk at that moment. After the first
+  start the spare waits ``first_spare_delay`` (the kernel is still starting up).
+* The first worker may be one the daemon started before the host existed
+  (:class:`~nexusfs.services._spawn.PrestartedWorker`): it is adopted by the first
+  start exactly as if spawned there (same handshake, timeouts and failure handling),
+  and killed if a hot restart or a stop comes first.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ import random
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,8 +55,10 @@ import anyio
 import anyio.abc
 
 from nexusfs.errors import NexusError, ServiceUnavailable
+from nexusfs.services._spawn import PrestartedWorker, worker_command, worker_env
 from nexusfs.services._worker_handle import (
     Policy,
+    PopenProcess,
     WorkerHandle,
     close_proc,
     describe_exit,
@@ -88,7 +94,8 @@ class Supervisor:
     def __init__(self, entry: ServiceEntry, *, socket_path: Path, run_dir: Path,
                  data_dir: Path, policy: Policy, tokens: dict[str, WorkerHandle],
                  on_change: Callable[[Supervisor], None],
-                 env: dict[str, str] | None = None, outbox_capacity: int = 100_000) -> None:
+                 env: dict[str, str] | None = None, outbox_capacity: int = 100_000,
+                 prestarted: PrestartedWorker | None = None) -> None:
         self.name = entry.name
         self.entry = entry
         self.socket_path = socket_path
@@ -115,6 +122,11 @@ class Supervisor:
         self._changed = anyio.Event()
         self._wake = anyio.Event()
         self._spare: anyio.abc.Process | None = None
+        self._prestarted = prestarted
+        if prestarted is not None:  # its hello may come before the first start runs
+            pre_handle = WorkerHandle(prestarted.token, self.log_path)
+            pre_handle.log_offset = prestarted.log_offset
+            tokens[prestarted.token] = pre_handle
         self._restart_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -269,6 +281,7 @@ class Supervisor:
         w, self.current = self.current, None
         self.outbox.clear()
         self._discard_spare()
+        self._discard_prestarted()
         self._pulse()
         self._wakeup()
         if w is not None:
@@ -292,6 +305,7 @@ class Supervisor:
                 return
             self.hot_restarting = True
             self._discard_spare()
+            self._discard_prestarted()
             self._pulse()
             try:
                 new = await self._spawn_ready(fresh=True)
@@ -317,13 +331,15 @@ class Supervisor:
     def _install(self, w: WorkerHandle) -> None:
         w.installed = True
         w.ready_at = time.monotonic()
+        first = not self._ever_ready
         self.current = w
         self._ever_ready = True
         self._pulse()
         assert self._tg is not None
         self._tg.start_soon(self._heartbeat, w)
         if self.policy.warm_spare and self._spare is None:
-            self._tg.start_soon(self._make_spare)
+            self._tg.start_soon(self._make_spare,
+                                self.policy.first_spare_delay if first else 0.0)  # fmt: skip
 
     async def _retire(self, w: WorkerHandle) -> None:
         """Drain ``w`` (calls in flight), stop it gracefully, kill it on timeout."""
@@ -345,33 +361,20 @@ class Supervisor:
                 with anyio.move_on_after(2.0):
                     await w.exited.wait()
 
-    def _cmd(self) -> list[str]:
-        return [sys.executable, "-m", "nexusfs.services.worker", "--name", self.name,
-                "--socket", str(self.socket_path), "--state-dir", str(self.state_dir),
-                "--standby"]
-
-    def _child_env(self) -> dict[str, str]:
-        import nexusfs
-
-        env = dict(os.environ)
-        env.update(self.env)
-        pkg_root = str(Path(nexusfs.__file__).resolve().parent.parent)
-        paths = [pkg_root, *[p for p in sys.path if p and os.path.isdir(p)]]
-        if env.get("PYTHONPATH"):
-            paths.insert(1, env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     async def _open(self) -> anyio.abc.Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
             return await anyio.open_process(
-                self._cmd(), stdin=subprocess.PIPE, stdout=logf, stderr=logf,
-                env=self._child_env(), start_new_session=True,
-            )
+                worker_command(self.name, self.socket_path, self.state_dir),
+                stdin=subprocess.PIPE, stdout=logf, stderr=logf, env=worker_env(self.env),
+                start_new_session=True,
+            )  # fmt: skip
 
-    async def _make_spare(self) -> None:
+    async def _make_spare(self, delay: float = 0.0) -> None:
+        if delay > 0:
+            await anyio.sleep(delay)
+            if self._spare is not None or not self.wanted:
+                return
         try:
             proc = await self._open()
         except OSError as exc:
@@ -381,6 +384,12 @@ class Supervisor:
             await close_proc(proc)
             return
         self._spare = proc
+
+    def _discard_prestarted(self) -> None:
+        pre, self._prestarted = self._prestarted, None
+        if pre is not None:
+            self.tokens.pop(pre.token, None)
+            pre.discard()
 
     def _discard_spare(self) -> None:
         spare, self._spare = self._spare, None
@@ -398,10 +407,18 @@ class Supervisor:
         3, :class:`_StartFailed` for anything else (process killed first)."""
         p = self.policy
         self._rotate_log()  # (the worker creates its state_dir itself)
-        w = WorkerHandle(secrets.token_urlsafe(18), self.log_path)
-        proc = None
-        if not fresh and self._spare is not None and self._spare.returncode is None:
-            proc, self._spare = self._spare, None
+        pre = self._prestarted
+        proc: anyio.abc.Process | None = None
+        if pre is not None and not fresh and pre.token in self.tokens:
+            # Started by the daemon with its token (registered at construction).
+            self._prestarted = None
+            w = self.tokens[pre.token]
+            proc = PopenProcess(pre.popen)
+        else:
+            self._discard_prestarted()
+            w = WorkerHandle(secrets.token_urlsafe(18), self.log_path)
+            if not fresh and self._spare is not None and self._spare.returncode is None:
+                proc, self._spare = self._spare, None
         if proc is None:
             proc = await self._open()
         w.proc, w.pid = proc, proc.pid
@@ -410,9 +427,9 @@ class Supervisor:
         self._tg.start_soon(self._reap, w)
         try:
             try:
-                assert proc.stdin is not None
-                await proc.stdin.send(w.token.encode() + b"\n")
-                await proc.stdin.aclose()
+                if proc.stdin is not None:  # (a prestarted worker has its token)
+                    await proc.stdin.send(w.token.encode() + b"\n")
+                    await proc.stdin.aclose()
             except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # it died; the reaper reports it below
             if not await first_of(w.hello_event, w.exited, p.handshake_timeout):

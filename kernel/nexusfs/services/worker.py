@@ -85,6 +85,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_LOAD_FAILED = 3
 TOKEN_ENV = "NEXUSFS_SERVICE_TOKEN"
+#: Seconds a worker waits for the service socket to accept (the host may still start).
+CONNECT_TIMEOUT = 10.0
 
 log = logging.getLogger("nexusfs.worker")
 
@@ -133,7 +135,8 @@ class Worker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.threads = ThreadRunner(32, name=f"{self.name}-thread")
         base = {"service.ping": self._ping, "service.stop": self._stop}
-        async with connect_unix(socket_path, base) as conn:
+        # A worker the daemon prestarted may be up before the host listens: wait for it.
+        async with connect_unix(socket_path, base, connect_timeout=CONNECT_TIMEOUT) as conn:
             info = self.info
             try:
                 config = await conn.call(
