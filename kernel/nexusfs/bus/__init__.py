@@ -17,18 +17,41 @@ Wire format and invariants: :mod:`nexusfs.bus.protocol`.
 
 from __future__ import annotations
 
-from nexusfs.bus.client import BlockingClient
-from nexusfs.bus.connection import Connection, Handlers
-from nexusfs.bus.protocol import (
-    DEFAULT_MAX_FRAME_SIZE,
-    DeadlineExceeded,
-    FrameTooLarge,
-    InternalError,
-    ProtocolError,
-    UnknownMethod,
-    error_from_wire,
-)
-from nexusfs.bus.server import HandlerFactory, connect_unix, peer_credentials, serve_unix
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nexusfs.bus.client import BlockingClient
+    from nexusfs.bus.connection import Connection, Handlers
+    from nexusfs.bus.protocol import (
+        DEFAULT_MAX_FRAME_SIZE,
+        DeadlineExceeded,
+        FrameTooLarge,
+        InternalError,
+        ProtocolError,
+        UnknownMethod,
+        error_from_wire,
+    )
+    from nexusfs.bus.server import HandlerFactory, connect_unix, peer_credentials, serve_unix
+
+# Names are imported on first use (PEP 562), so a synchronous client (the CLI) that only
+# needs BlockingClient does not pay for asyncio and anyio.
+_HOME = {
+    "BlockingClient": "client",
+    "Connection": "connection",
+    "Handlers": "connection",
+    "DEFAULT_MAX_FRAME_SIZE": "protocol",
+    "DeadlineExceeded": "protocol",
+    "FrameTooLarge": "protocol",
+    "InternalError": "protocol",
+    "ProtocolError": "protocol",
+    "UnknownMethod": "protocol",
+    "error_from_wire": "protocol",
+    "HandlerFactory": "server",
+    "connect_unix": "server",
+    "peer_credentials": "server",
+    "serve_unix": "server",
+}
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -46,3 +69,16 @@ __all__ = [
     "peer_credentials",
     "serve_unix",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
