@@ -125,9 +125,10 @@ def upgrade_schema(store: RecordStoreABC, *, lock_timeout: float = 300.0) -> tup
 
     Runs the Alembic revisions in :mod:`nexusfs_rebac.migrations` through
     ``store.migrate`` (version table :data:`VERSION_TABLE`); a fresh database is built
-    from :data:`Base`'s metadata and stamped at the newest revision instead. Safe when several processes
-    start at once: migrations are serialised (one applies them) and a race on the
-    ``meta`` rows is settled by their primary key (the loser keeps the winner's rows).
+    from :data:`Base`'s metadata and stamped at the newest revision instead. Safe when
+    several processes start at once: migrations are serialised (one applies them) and a
+    race on the ``meta`` rows is settled by their primary key (the loser keeps the
+    winner's rows).
 
     Failure semantics: everything or nothing (see ``RecordStoreABC.migrate``); raises
     ``MigrationError`` (or a subclass) if the schema cannot be upgraded, and the
