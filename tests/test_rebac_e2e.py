@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import nexusfs
-from nexusfs.errors import NexusError
+from nexusfs.errors import NexusError, NotFound
 from nexusfs.server import daemon
 from nexusfs.services.registry import installed_services
 
@@ -319,6 +319,55 @@ def test_two_kernels_sharing_postgres_and_redis(
             t0 = time.monotonic()
             wait_for(lambda: two.call("rebac.check", **q), timeout=10, what="pushed to k2")
             assert time.monotonic() - t0 < 3.0
+    finally:
+        for k in (k1, k2):
+            if k is not None:
+                daemon.stop(k)
+        drop_database(url)
+
+
+def test_a_revoke_written_on_another_kernel_is_pushed_to_this_kernels_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two kernels on one PostgreSQL and one Redis. A subject of kernel 2 has a warm
+    decision cache; kernel 1 revokes (not through kernel 2): kernel 2's rebac worker
+    learns it from the Redis channel and reports the revision to its kernel
+    (``rebac.revision``), whose gate forgets the grant: the subject is refused well
+    before the gate's own 1 s revision poll would have noticed (the push is counted)."""
+    from nexusfs.testing.postgres import create_database, drop_database, require_postgres
+    from nexusfs.testing.redis import redis_url_or_skip
+
+    url = create_database(require_postgres())
+    env = {"NEXUS_RECORD_STORE": url, "NEXUS_CACHE_STORE": redis_url_or_skip()}
+    k1 = k2 = None
+    try:
+        k1 = start_kernel(tmp_path / "k1", monkeypatch, **env)
+        k2 = start_kernel(tmp_path / "k2", monkeypatch, **env)
+        with nexusfs.connect(data_dir=k2) as owner2:
+            owner2.write("/x/y.txt", b"y")
+        with (
+            nexusfs.connect(data_dir=k1) as one,
+            nexusfs.connect(data_dir=k2, subject="user:zoe") as zoe,
+        ):
+            one.call("rebac.write", writes=["folder:/x#viewer@user:zoe"])
+
+            def visible() -> bool:
+                try:
+                    zoe.stat("/x/y.txt")
+                except NotFound:
+                    return False
+                return True
+
+            wait_for(visible, timeout=10, what="the grant reached kernel 2")
+            for _ in range(5):
+                assert visible()  # warm: from kernel 2's decision cache
+            pushes = zoe.call("kernel.gate_stats")["pushes"]
+            one.call("rebac.write", deletes=["folder:/x#viewer@user:zoe"])
+            t0 = time.monotonic()
+            wait_for(lambda: not visible(), timeout=10, what="the revoke reached kernel 2")
+            took = time.monotonic() - t0
+            assert zoe.call("kernel.gate_stats")["pushes"] > pushes
+            print(f"revoke on kernel 1 enforced on kernel 2 after {took * 1000:.0f} ms")
     finally:
         for k in (k1, k2):
             if k is not None:

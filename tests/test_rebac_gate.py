@@ -11,6 +11,7 @@ the explicit bypasses (admins, ``service:*``, ``/__sys__``).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,7 +22,14 @@ from typing import Any
 import pytest
 
 import nexusfs
-from nexusfs.errors import MountError, NotFound, PermissionDenied
+from nexusfs.errors import (
+    ConfigError,
+    MountError,
+    NexusError,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from nexusfs.server import daemon
 from nexusfs.services.registry import installed_services
 
@@ -132,33 +140,148 @@ def test_group_membership_and_revoke_on_the_next_call(kernel: Path) -> None:
         assert frank.stat("/docs/secret.md").size == 6
 
 
-def test_a_revoke_in_one_process_is_enforced_in_another(kernel: Path) -> None:
-    grant(kernel, "folder:/docs#viewer@user:gina")
-    script = (
-        "import sys, nexusfs\n"
-        "nx = nexusfs.connect(data_dir=sys.argv[1], subject='user:gina')\n"
-        "for line in sys.stdin:\n"
-        "    try:\n"
-        "        nx.stat('/docs/secret.md'); print('ok', flush=True)\n"
-        "    except Exception as exc:\n"
-        "        print(type(exc).__name__, flush=True)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(kernel)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdin is not None and proc.stdout is not None
+# A client in its own process, as ``argv[2]``: one JSON command per stdin line, one JSON
+# answer per stdout line (``{"error": class name, "message": ...}`` for an exception).
+CLIENT = r"""
+import json, sys
+import nexusfs
+nx = nexusfs.connect(data_dir=sys.argv[1], subject=sys.argv[2])
+files = {}
+for line in sys.stdin:
+    cmd = json.loads(line)
+    op = cmd["op"]
     try:
-        proc.stdin.write("check\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "ok"
-        grant(kernel, delete=("folder:/docs#viewer@user:gina",))  # another process revokes
-        proc.stdin.write("check\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "NotFound"
+        if op == "call":
+            out = nx.call(cmd["method"], **cmd.get("args", {}))
+        elif op == "stat":
+            out = nx.stat(cmd["path"]).size
+        elif op == "open":
+            files[cmd["name"]] = nx.open(cmd["path"], cmd["mode"])
+            out = "opened"
+        elif op == "read":
+            out = len(files[cmd["name"]].read(cmd["size"]))
+        elif op == "write":
+            out = files[cmd["name"]].write(b"w" * cmd["size"])
+        elif op == "close":
+            files.pop(cmd["name"]).close()
+            out = "closed"
+        else:
+            out = {"error": "unknown op"}
+    except Exception as exc:
+        out = {"error": type(exc).__name__, "message": str(exc)}
+    print(json.dumps(out), flush=True)
+"""
+
+
+class Client:
+    """A client process connected as ``subject`` for its whole life."""
+
+    def __init__(self, data: Path, subject: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(data), subject],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def __call__(self, op: str, **kwargs: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the client process died"
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+
+def test_a_revoke_in_one_client_process_is_enforced_in_another_on_its_next_call(
+    kernel: Path,
+) -> None:
+    """Client A (an admin, its own process) revokes; client B (another process, with
+    warm decisions and two open handles) is refused on its very next call of each kind,
+    with no sleep in between: a stat reads as not found, the open reader and writer get
+    PermissionDenied, and the writer's close commits nothing."""
+    with nexusfs.connect(data_dir=kernel) as admin:
+        admin.write("/docs/big.bin", b"b" * (3 << 20))  # larger than the reader's buffer
+    grant(kernel, "folder:/docs#editor@user:gina")
+    a, b = Client(kernel, "user:root-admin"), Client(kernel, "user:gina")
+    try:
+        for _ in range(3):  # warm: answered from the kernel's decision cache
+            assert b("stat", path="/docs/secret.md") == 6
+        assert b("open", name="r", path="/docs/big.bin", mode="rb") == "opened"
+        assert b("read", name="r", size=1 << 20) == 1 << 20
+        assert b("open", name="w", path="/docs/team/upload.bin", mode="wb") == "opened"
+        assert b("write", name="w", size=1000) == 1000
+        token = a("call", method="rebac.write",
+                  args={"deletes": ["folder:/docs#editor@user:gina"]})  # fmt: skip
+        assert isinstance(token, str)
+        assert b("stat", path="/docs/secret.md")["error"] == "NotFound"
+        denied = b("read", name="r", size=1 << 20)
+        assert denied["error"] == "PermissionDenied"
+        assert "user:gina has no read permission on file:/docs/big.bin" in denied["message"]
+        assert b("write", name="w", size=1000)["error"] == "PermissionDenied"
+        assert b("close", name="w")["error"] == "PermissionDenied"
+        assert b("close", name="r") == "closed"
+        assert a("call", method="fs.exists", args={"path": "/docs/team/upload.bin"}) is False
+        # Granted again by A: B's next call sees it.
+        a("call", method="rebac.write", args={"writes": ["folder:/docs#viewer@user:gina"]})
+        assert b("stat", path="/docs/secret.md") == 6
     finally:
-        proc.kill()
-        proc.wait()
+        a.close()
+        b.close()
+
+
+def test_a_stopped_rebac_service_fails_closed(kernel: Path) -> None:
+    """Stopping the service (through the kernel, as `nexus service stop` does) refuses
+    every checked call with ServiceUnavailable at once, cached decisions included;
+    admins are not checked; starting it again restores the decisions."""
+    grant(kernel, "folder:/docs#viewer@user:kai")
+    with as_user(kernel, "user:kai") as kai, nexusfs.connect(data_dir=kernel) as admin:
+        assert kai.stat("/docs/secret.md").size == 6  # cached now
+        admin.call("services.stop", name="rebac")
+        for call in (
+            lambda: kai.stat("/docs/secret.md"),
+            lambda: kai.read("/docs/secret.md"),
+            lambda: kai.exists("/docs/secret.md"),
+            lambda: kai.readdir("/docs"),
+            lambda: kai.write("/docs/new.md", b"x"),
+        ):
+            with pytest.raises(ServiceUnavailable, match=r"refused|rebac"):
+                call()
+        assert admin.read("/docs/secret.md") == b"secret"
+        admin.call("services.start", name="rebac")
+        assert kai.stat("/docs/secret.md").size == 6
+
+
+def test_service_and_kernel_calls_of_a_subject_are_policed(kernel: Path) -> None:
+    with as_user(kernel, "user:bob") as bob:
+        with pytest.raises(PermissionDenied, match=r"user:bob may not call rebac\.write"):
+            bob.call("rebac.write", writes=["folder:/#owner@user:bob"])
+        with pytest.raises(PermissionDenied, match="only about itself"):
+            bob.call("rebac.check", user="user:alice", relation="read", object="folder:/docs")
+        assert bob.call("rebac.check", user="user:bob", relation="read",
+                        object="folder:/docs") is False  # fmt: skip
+        with pytest.raises(PermissionDenied, match="admin"):
+            bob.call("services.restart", name="rebac")
+        with pytest.raises(PermissionDenied, match="admin"):
+            bob.call("kernel.shutdown")
+        assert any(s["name"] == "rebac" for s in bob.call("services.list"))
+        with pytest.raises(NotFound):
+            bob.stat("/docs")  # the grant bob tried to write does not exist
+    assert daemon.kernel_state(kernel) is not None  # still running
+
+
+def test_bad_subjects_and_admins_are_refused_clearly(
+    kernel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for bad in ("alice", "group:eng#member", "user:a b"):
+        with pytest.raises(NexusError, match="is not a subject") as err:
+            nexusfs.connect(data_dir=kernel, subject=bad)
+        assert err.value.code == "invalid_subject"
+    monkeypatch.setenv("NEXUS_ADMINS", "user:ok, alice")
+    with pytest.raises(ConfigError, match=r"NEXUS_ADMINS.*'alice' is not a subject"):
+        daemon.start(tmp_path / "other")
 
 
 def test_admin_and_sys_bypass(kernel: Path) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "CorruptStore",
     "DirectoryNotEmpty",
     "InvalidPath",
+    "InvalidSubject",
     "IsADirectory",
     "MountError",
     "NexusError",
@@ -158,6 +159,12 @@ class ConfigError(NexusError, ValueError):
     code = "config_error"
 
 
+class InvalidSubject(NexusError, ValueError):
+    """A client named a subject that is not ``type:id`` (e.g. ``user:alice``)."""
+
+    code = "invalid_subject"
+
+
 _BY_CODE: dict[str, type[NexusError]] = {
     cls.code: cls
     for cls in (
@@ -176,6 +183,7 @@ _BY_CODE: dict[str, type[NexusError]] = {
         CorruptStore,
         StoreClosed,
         ConfigError,
+        InvalidSubject,
     )
 }
 

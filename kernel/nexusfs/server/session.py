@@ -9,6 +9,38 @@ Open files are per session: ``fs.open`` returns a handle id; the handle is close
 ``fs.fclose`` (commit) / ``fs.fdiscard``, and every handle still open when the connection
 ends is discarded (writers) or released (readers), so a crashed client never commits a
 half-written file and never pins a blob forever.
+
+**Permissions.** When the kernel runs the rebac service (``pipeline.gate`` is set),
+``handlers()`` puts every call of a subject that is not an admin through the
+:class:`~nexusfs.server.gate.PermissionGate` (what each syscall needs is listed there):
+
+* every ``fs.*`` syscall: ``write``, ``read``, ``stat``, ``exists``, ``readdir``
+  (filtered; a page is filled up to ``limit`` and its cursor names a visible entry),
+  ``mkdir``, ``rmdir``, ``unlink``, ``rename`` / ``copy`` (source and
+  destination), ``open``; ``mount``, ``unmount``, ``zone_create``, ``gc``, ``flush`` and
+  ``watch`` are admin-only (a watch would deliver events of paths the subject cannot
+  read);
+* open handles are checked again at each ``fread`` / ``fwrite`` and at the commit of
+  ``fclose``: a revoke stops an open handle at its next call with ``PermissionDenied``
+  (the handle itself stays open so ``fdiscard`` / ``fclose`` release it; a writer whose
+  commit is refused is discarded, never committed). ``fseek`` and ``fdiscard`` move no
+  data and are not checked;
+* ``rebac.*``: ``write`` / ``write_model`` and the methods that reveal other subjects'
+  grants (``expand``, ``list_users``, ``read``, ``read_changes``) are admin-only;
+  ``check`` / ``batch_check`` / ``check_paths`` / ``list_objects`` only about the
+  subject itself; ``revision``, ``wait_revision``, ``read_model`` for everyone;
+* every other service's methods, ``services.*`` / ``plugins.*`` (but ``services.list``
+  and ``plugins.list``), ``kernel.shutdown`` and ``kernel.emit`` are admin-only;
+* not checked: ``kernel.ping`` / ``status`` / ``hello`` / ``gate_stats``, ``fs.revision``,
+  ``fs.unwatch``, and ``fs.mounts`` / ``fs.zones`` (the kernel facts ``/__sys__`` offers
+  every subject anyway).
+
+A denied call raises ``PermissionDenied`` naming the subject, the permission, the object
+and the path, an invisible path ``NotFound``; with the rebac service down, checked calls
+fail with ``ServiceUnavailable``. ``kernel.hello`` accepts only ``type:id`` subjects
+(``InvalidSubject``). The rebac worker's own session feeds the gate: its
+``rebac.revision`` events clear the decision cache (other writers' revoke), and the end
+of its connection clears it too (no decision outlives the worker).
 """
 
 from __future__ import annotations
@@ -27,7 +59,12 @@ from nexusfs.errors import IsADirectory, NexusError, NotFound, PermissionDenied
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.metadata.inode import FileMetadata
 from nexusfs.server import wire
-from nexusfs.server.gate import MUTATING_METHODS, PermissionGate
+from nexusfs.server.gate import (
+    MUTATING_METHODS,
+    REVISION_EVENT,
+    PermissionGate,
+    check_subject,
+)
 from nexusfs.server.gate import SERVICE as GATE_SERVICE
 from nexusfs.server.pipeline import Pipeline, outcome_of
 from nexusfs.vfs.listing import DirListing
@@ -77,45 +114,139 @@ class ServiceRouter(Protocol):
     ) -> Any: ...
 
 
+#: Admin-table calls every subject may make while permissions apply (read-only facts).
+_PUBLIC_ADMIN_CALLS = frozenset({"services.list", "plugins.list"})
+#: Admin calls that stop or replace a service's worker (``name=`` the service).
+_SERVICE_CONTROL = frozenset({"services.stop", "services.restart", "plugins.uninstall"})
+#: rebac methods every subject may call: they reveal no grant.
+_REBAC_PUBLIC = frozenset({"revision", "wait_revision", "read_model"})
+
+
+def _rebac_policy(subject: str, method: str, args: dict[str, Any]) -> None:
+    """Raise ``PermissionDenied`` unless the non-admin ``subject`` may make
+    ``rebac.<method>(**args)`` (see the module docstring)."""
+    if method in _REBAC_PUBLIC:
+        return
+    about: list[object] = []
+    if method in ("check", "list_objects"):
+        about = [args.get("user")]
+    elif method in ("batch_check", "check_paths"):
+        items = args.get("checks")
+        if isinstance(items, list | tuple):
+            for item in items:
+                if method == "batch_check" and isinstance(item, dict):
+                    about.append(item.get("user"))
+                elif isinstance(item, list | tuple) and item:
+                    about.append(item[0])
+                else:
+                    about.append(None)
+        else:
+            about = [None]
+    else:
+        why = ("changes permissions" if method in MUTATING_METHODS
+               else "reveals other subjects' grants")  # fmt: skip
+        raise PermissionDenied(
+            f"{subject} may not call rebac.{method}: it {why}, which is for admin subjects"
+        )
+    if not about or any(u != subject for u in about):
+        raise PermissionDenied(
+            f"{subject} may call rebac.{method} only about itself (user {subject!r})"
+        )
+
+
 class _Handlers(dict[str, Callable[..., Any]]):
     """The session's handler table; names outside it that look like
-    ``service.method`` route to the service host."""
+    ``service.method`` route to the service host. With a permission gate, calls to
+    services and to the admin tables the daemon adds later (``services.*``,
+    ``plugins.*``) follow the session's policy for its subject at call time (see the
+    module docstring)."""
 
     def __init__(
         self,
         table: dict[str, Callable[..., Any]],
         router: ServiceRouter | None,
         gate: PermissionGate | None = None,
+        subject: Callable[[], str | None] = lambda: None,
     ):
         super().__init__(table)
         self._router = router
         self._gate = gate
+        self._subject = subject
 
     def get(self, name: str, default: Any = None) -> Any:
         fn = dict.get(self, name)
-        if fn is not None or self._router is None:
-            return fn if fn is not None else default
+        gate = self._gate
+        if fn is not None:
+            if gate is not None and name.startswith(("services.", "plugins.")) and (
+                name not in _PUBLIC_ADMIN_CALLS
+            ):
+                if name in _SERVICE_CONTROL:
+                    fn = _forget_after(gate, fn)
+                return _admin_only(gate, self._subject, fn, name)
+            return fn
+        if self._router is None:
+            return default
         service, dot, method = name.partition(".")
         if not dot or not method or service in ("fs", "kernel"):
             return default
         router = self._router
-        gate = self._gate
 
         async def route(**args: Any) -> Any:
             return await router.call(service, method, args, deadline=time.time() + CALL_TIMEOUT)
 
-        if gate is None or service != GATE_SERVICE or method not in MUTATING_METHODS:
+        if gate is None:
             return route
+        if service != GATE_SERVICE:
+            return _admin_only(gate, self._subject, route, name)
+        subject_of = self._subject
 
-        async def route_and_invalidate(**args: Any) -> Any:
+        async def rebac_route(**args: Any) -> Any:
+            subject = subject_of()
+            if not gate.is_admin(subject):
+                assert subject is not None
+                _rebac_policy(subject, method, args)
+            if method not in MUTATING_METHODS:
+                return await route(**args)
             # The caller gets the answer only after the gate forgot its decisions, so
             # a revoke is enforced on the very next call of any client.
             try:
                 return await route(**args)
             finally:
-                gate.invalidate()
+                await gate.after_write()
 
-        return route_and_invalidate
+        return rebac_route
+
+
+def _forget_after(gate: PermissionGate, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a service-control call), after which the gate forgets its decisions
+    when it stopped or replaced the rebac worker: no cached decision outlives it, so
+    checked calls fail closed at once once the service is stopped."""
+
+    async def handler(*args: Any, **kw: Any) -> Any:
+        try:
+            result = fn(*args, **kw)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            if kw.get("name", args[0] if args else None) == GATE_SERVICE:
+                gate.lost()
+
+    return handler
+
+
+def _admin_only(gate: PermissionGate, subject_of: Callable[[], str | None],
+                fn: Callable[..., Any], name: str) -> Callable[..., Any]:  # fmt: skip
+    """``fn`` for admin subjects; ``PermissionDenied`` for the others."""
+
+    def handler(*args: Any, **kw: Any) -> Any:
+        subject = subject_of()
+        if not gate.is_admin(subject):
+            raise PermissionDenied(
+                f"{subject} may not call {name}: it is for admin subjects only (the "
+                "kernel's user, service:*, NEXUS_ADMINS) while permissions apply"
+            )
+        return fn(*args, **kw)
+
+    return handler
 
 
 class Session:
@@ -145,6 +276,8 @@ class Session:
         self._on_shutdown = on_shutdown
         self._info = info
         self._handles: dict[int, IO[bytes]] = {}
+        #: What each handle was opened on: ``(path, is_writer)`` (for the gate).
+        self._opened: dict[int, tuple[str, bool]] = {}
         self._events: dict[int, SyscallEvent | None] = {}
         self._ids = itertools.count(1)
 
@@ -201,7 +334,7 @@ class Session:
         gate = self.pipeline.gate
         if gate is not None:
             self._gate_table(table, gate)
-        return _Handlers(table, self.services, gate)
+        return _Handlers(table, self.services, gate, lambda: self.subject)
 
     # -- the permission gate ------------------------------------------------------------
 
@@ -213,7 +346,13 @@ class Session:
         table["fs.exists"] = self._gated_exists(gate, table["fs.exists"])
         table["fs.readdir"] = self._gated_readdir(gate)
         table["fs.open"] = self._gated_open(gate, table["fs.open"])
-        table["fs.watch"] = self._admin_only(gate, table["fs.watch"], "watch")
+        table["fs.fread"] = self._gated_handle(gate, table["fs.fread"], "fread")
+        table["fs.fwrite"] = self._gated_handle(gate, table["fs.fwrite"], "fwrite")
+        table["fs.fclose"] = self._gated_handle(gate, table["fs.fclose"], "fclose")
+        table["fs.watch"] = self._gated(gate, table["fs.watch"], "watch", "path", None)
+        subject = lambda: self.subject  # noqa: E731
+        for name in ("kernel.shutdown", "kernel.emit"):
+            table[name] = _admin_only(gate, subject, table[name], name)
         table["kernel.gate_stats"] = gate.stats
 
     def _gated(self, gate: PermissionGate, fn: Callable[..., Any], op: str,
@@ -241,24 +380,49 @@ class Session:
                 return False
             return bool(fn(path))
 
-        return lambda path: fn(path) if gate.is_admin(self.subject) else exists(path)
+        def handler(path: str) -> Any:
+            try:
+                if gate.authorize_cached(self.subject, "exists", path):
+                    return fn(path)
+            except NotFound:
+                return False
+            return exists(path)
+
+        return handler
 
     def _gated_readdir(self, gate: PermissionGate) -> Callable[..., Any]:
+        """``readdir`` showing only the entries the subject may read. A filtered page
+        is filled from the following pages up to ``limit`` entries, and its cursor is
+        the last *visible* entry (the kernel's cursor is the last entry scanned, which
+        may be invisible: it would disclose a name)."""
         fs = self.fs
 
         async def readdir(path: str, **kw: Any) -> dict[str, Any]:
             subject = self.subject
-            if not gate.is_admin(subject):
+            admin = gate.is_admin(subject)
+            if not admin:
                 await gate.authorize(subject, "readdir", path)
             listing = self._run("readdir", path, lambda: fs.readdir(path, **kw))
             if inspect.isawaitable(listing):
                 listing = await listing
-            if not gate.is_admin(subject):
+            if admin:
+                return wire.listing_to_wire(listing)
+            limit = kw.get("limit")
+            shown: list[FileMetadata] = []
+            while True:
                 visible = await gate.visible_names(
                     subject, path, [(m.path, m.is_dir) for m in listing]
                 )
-                listing = DirListing([m for m in listing if m.path in visible], listing.cursor)
-            return wire.listing_to_wire(listing)
+                shown.extend(m for m in listing if m.path in visible)
+                more = listing.cursor is not None
+                if not more or (limit is not None and len(shown) >= limit):
+                    break
+                kw = {**kw, "cursor": listing.cursor}
+                listing = fs.readdir(path, **kw)  # hooks ran for the call already
+            if limit is not None and len(shown) > limit:
+                shown, more = shown[:limit], True
+            cursor = shown[-1].path if more and shown else None
+            return wire.listing_to_wire(DirListing(shown, cursor))
 
         return readdir
 
@@ -271,12 +435,30 @@ class Session:
 
         return open_
 
-    def _admin_only(self, gate: PermissionGate, fn: Callable[..., Any],
-                    op: str) -> Callable[..., Any]:
-        def handler(*args: Any, **kw: Any) -> Any:
-            if not gate.is_admin(self.subject):
-                raise PermissionDenied(f"{op} is for admin subjects while permissions apply")
-            return fn(*args, **kw)
+    def _gated_handle(self, gate: PermissionGate, fn: Callable[..., Any],
+                      op: str) -> Callable[..., Any]:  # fmt: skip
+        """``fread`` / ``fwrite`` / ``fclose`` checked again for the file the handle
+        was opened on (readers: ``fread``; writers: ``fwrite`` and the commit of
+        ``fclose``, which discards the handle when refused)."""
+
+        async def handler(**kw: Any) -> Any:
+            subject = self.subject
+            opened = self._opened.get(kw.get("handle"))  # type: ignore[arg-type]
+            if opened is not None and not gate.is_admin(subject):
+                path, writer = opened
+                if writer == (op != "fread"):
+                    try:
+                        if not gate.authorize_cached(subject, op, path):
+                            await gate.authorize(subject, op, path)
+                    except NotFound as exc:  # opened, so its existence is no secret
+                        raise PermissionDenied(f"{subject} may no longer {op} {path}",
+                                               path=path) from exc  # fmt: skip
+                    except NexusError:
+                        if op == "fclose":
+                            self.fdiscard(kw["handle"])  # refused: never committed
+                        raise
+            result = fn(**kw)
+            return await result if inspect.isawaitable(result) else result
 
         return handler
 
@@ -291,8 +473,10 @@ class Session:
         return pipe.run(op, path, fn, subject=self.subject, threaded=threaded, **kw)
 
     def hello(self, subject: str | None = None) -> dict[str, Any]:
-        """A client introduces itself (trusted local mode: the subject it acts as)."""
-        self.subject = subject
+        """A client introduces itself (trusted local mode: the subject it acts as).
+        ``InvalidSubject`` unless ``subject`` is ``type:id`` (or ``None``); the session
+        keeps its previous subject then."""
+        self.subject = check_subject(subject)
         return {"version": self._info.get("version"), "protocol": 1}
 
     # -- events ------------------------------------------------------------------------
@@ -319,7 +503,14 @@ class Session:
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         """A service emits a named event (e.g. a hook rule's ``emit`` action); watchers
-        of its ``path`` receive it."""
+        of its ``path`` receive it. ``rebac.revision`` from the rebac worker itself
+        (``{"revision": int}``: it answers at a new revision) goes to the permission
+        gate instead, which forgets the decisions of older revisions."""
+        if name == REVISION_EVENT and self.subject == f"service:{GATE_SERVICE}":
+            gate = self.events.gate
+            if gate is not None:
+                gate.on_revision(data.get("revision") if isinstance(data, dict) else None)
+            return
         self.events.publish("emit", data.get("path"), {"name": name, "data": data})
 
     # -- kernel ------------------------------------------------------------------------
@@ -422,6 +613,7 @@ class Session:
         f = self.fs.open(path, mode, **opts)
         handle = next(self._ids)
         self._handles[handle] = f
+        self._opened[handle] = (path, not mode.startswith("r"))
         return handle
 
     def _get(self, handle: int) -> IO[bytes]:
@@ -446,6 +638,7 @@ class Session:
         f = self._handles.pop(handle, None)
         if f is None:
             raise BadHandle(f"no open file with handle {handle}")
+        self._opened.pop(handle, None)
         event = self._events.pop(handle, None)
         try:
             await anyio.to_thread.run_sync(f.close)
@@ -461,15 +654,21 @@ class Session:
         f = self._handles.pop(handle, None)
         if f is None:
             raise BadHandle(f"no open file with handle {handle}")
+        self._opened.pop(handle, None)
         self._events.pop(handle, None)
         _discard(f)
 
     def close(self) -> None:
-        """The connection ended: drop every handle without committing, end watches."""
+        """The connection ended: drop every handle without committing, end watches.
+        The end of the rebac worker's own connection clears the permission gate's
+        decisions (fail closed until a worker answers again)."""
+        if self.subject == f"service:{GATE_SERVICE}" and self.events.gate is not None:
+            self.events.gate.lost()
         for wid in list(self._watches):
             self.events.unwatch(wid)
         self._watches.clear()
         handles, self._handles = self._handles, {}
+        self._opened.clear()
         for f in handles.values():
             try:
                 _discard(f)

@@ -4,8 +4,10 @@ The worker registers :data:`plugin` with a pluggy ``PluginManager("nexusfs")``:
 
 * ``nexus_service_start``: creates or upgrades the tables on ``ctx.record_store``
   (required) with the package's Alembic revisions, writes the default file model
-  (``default.fga``) into a store that has no model yet, loads every tuple into memory and
-  starts following other writers through ``ctx.cache_store`` (see
+  (``default.fga``) into a store that has no model yet, loads every tuple into memory,
+  starts following other writers through ``ctx.cache_store`` and reports each new
+  revision to the kernel with ``ctx.emit("rebac.revision", {"revision": n})`` (the
+  kernel's permission gate then forgets older decisions; see
   :mod:`nexusfs_rebac.service`).
 * ``nexus_service_methods``: ``write_model``, ``read_model``, ``write``, ``check``,
   ``batch_check``, ``check_paths``, ``expand``, ``list_objects``, ``list_users``,
@@ -16,8 +18,9 @@ The worker registers :data:`plugin` with a pluggy ``PluginManager("nexusfs")``:
 * ``nexus_service_stop``: stops the follower thread.
 
 The service hooks no syscalls: the kernel permission gate asks it questions
-(``check_paths``) and learns about changes from ``revision`` / ``wait_revision`` or the
-cache store channel :data:`~nexusfs_rebac.service.REVISION_CHANNEL`.
+(``batch_check``) and learns about changes from the ``rebac.revision`` events, with
+``revision`` as its safety net; other workers and kernels learn through the cache store
+channel :data:`~nexusfs_rebac.service.REVISION_CHANNEL`.
 
 Config (``ctx.config``, optional): ``poll_ms`` (200), ``shared_poll_ms`` (2000),
 ``stale_ms`` (5000), ``token_wait_ms`` (2000), ``max_depth`` (25); see
@@ -37,7 +40,7 @@ from typing import Any
 from nexusfs.errors import ServiceUnavailable
 from nexusfs.hookspecs import ServiceContext, ServiceInfo, hookimpl
 from nexusfs_rebac import __version__
-from nexusfs_rebac.service import RebacService, ServiceConfig
+from nexusfs_rebac.service import REVISION_EVENT, RebacService, ServiceConfig
 from nexusfs_rebac.store import TupleStore
 from nexusfs_rebac.tables import upgrade_schema
 
@@ -80,12 +83,16 @@ class RebacPlugin:
         applied = upgrade_schema(store)
         if applied:
             ctx.log.info("rebac schema upgraded: %s", ", ".join(applied))
+        emit = ctx.emit
         service = RebacService(
             TupleStore(store.session_factory),
             kernel=ctx.kernel,
             cache=ctx.cache_store,
             config=config,
             log=ctx.log,
+            on_revision=(
+                None if emit is None else lambda rev: emit(REVISION_EVENT, {"revision": rev})
+            ),
         )
         service.start()
         mirror = service.mirror

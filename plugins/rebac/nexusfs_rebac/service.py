@@ -13,6 +13,15 @@ Every method here is reachable as ``nx.call("rebac.<method>", ...)``:
 * ``revision()`` / ``wait_revision(after, timeout)``: the revision this worker answers
   at (cheap), and a long-poll that returns once it moves past ``after``.
 
+**Telling the kernel.** With ``on_revision`` (the plugin passes ``ctx.emit`` of the
+:data:`REVISION_EVENT` event), a notifier thread calls ``on_revision(revision)`` each time
+the mirror moves to a newer revision, whoever wrote it (this worker, or another kernel
+or tool on the same database, learnt through the cache store channel or the store poll),
+after the mirror has moved: the kernel's permission gate then drops the decisions of
+older revisions, so a revoke written elsewhere is enforced within one message rather
+than at the gate's next revision poll. Bursts are coalesced (the newest revision is
+sent); a failing ``on_revision`` is logged and retried with the next revision.
+
 Tuples are accepted in OpenFGA's string form ``document:1#viewer@user:anne``, as
 mappings ``{"object": ..., "relation": ..., "user": ...}`` and as ``[object, relation,
 user]`` lists; results use the mapping form (``read``, ``read_changes``).
@@ -46,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +86,7 @@ __all__ = [
     "MAX_PAGE",
     "MAX_WRITE",
     "REVISION_CHANNEL",
+    "REVISION_EVENT",
     "RebacService",
     "ServiceConfig",
     "parse_tuple",
@@ -83,6 +94,11 @@ __all__ = [
 
 #: Cache store channel: ``b"<revision> <store tag>"`` after every write.
 REVISION_CHANNEL = "nexusfs.rebac.revision"
+#: The event (``{"revision": int}``) a worker emits to its kernel when its revision
+#: moves (the kernel's ``nexusfs.server.gate.REVISION_EVENT``).
+REVISION_EVENT = "rebac.revision"
+#: How often the notifier thread looks whether it should stop.
+_NOTIFY_TICK = 0.25
 #: Most tuples (writes + deletes) in one ``write``.
 MAX_WRITE = 10_000
 #: Largest page of ``read`` / ``read_changes``; most items of one ``batch_check``.
@@ -212,8 +228,12 @@ class RebacService:
         cache: CacheStoreABC | None = None,
         config: ServiceConfig | None = None,
         log: logging.Logger | None = None,
+        on_revision: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_revision = on_revision
+        self._notifier: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.cache = cache
         self.config = config or ServiceConfig()
         self.log = log or logging.getLogger("nexusfs_rebac.service")
@@ -239,12 +259,37 @@ class RebacService:
             mirror.follow(self.cache, REVISION_CHANNEL, poll=self.config.poll,
                           shared_poll=self.config.shared_poll)  # fmt: skip
         self._mirror = mirror
+        if self.on_revision is not None:
+            self._stopping.clear()
+            self._notifier = threading.Thread(
+                target=self._notify, args=(mirror, self.on_revision),
+                name="rebac-notify", daemon=True,
+            )  # fmt: skip
+            self._notifier.start()
 
     def stop(self) -> None:
-        """Stop following; later calls raise ``ServiceUnavailable``. Idempotent."""
+        """Stop following and notifying; later calls raise ``ServiceUnavailable``.
+        Idempotent."""
         mirror, self._mirror = self._mirror, None
+        self._stopping.set()
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            notifier.join(5.0)
         if mirror is not None:
             mirror.stop()
+
+    def _notify(self, mirror: Mirror, on_revision: Callable[[int], None]) -> None:
+        """The notifier thread (see the module docstring)."""
+        told = mirror.revision
+        while not self._stopping.is_set():
+            if not mirror.wait_beyond(told, _NOTIFY_TICK) or self._stopping.is_set():
+                continue
+            revision = mirror.revision
+            try:
+                on_revision(revision)
+            except Exception as exc:  # the kernel is going away, or a bug: keep going
+                self.log.warning("rebac: reporting revision %d failed: %s", revision, exc)
+            told = revision
 
     @property
     def mirror(self) -> Mirror:

@@ -4,17 +4,21 @@ writes, typed errors, paging, and evaluation over a real embedded kernel's names
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
+import pluggy
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from rebac_service_kit import DOCS_MODEL, Worker, start_service
+from rebac_service_kit import DOCS_MODEL, Worker, start_service, wait_until
 
 from nexusfs.api import FileSystem
+from nexusfs.drivers.cachestore import NullCacheStore, open_cache_store
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
 from nexusfs.errors import NexusError, ServiceUnavailable
-from nexusfs.hookspecs import ServiceInfo
+from nexusfs.hookspecs import PROJECT, ServiceContext, ServiceInfo, ServiceSpec
 from nexusfs.testing.recordstore import assert_migrations_match
 from nexusfs_rebac import default_model
 from nexusfs_rebac.errors import (
@@ -29,6 +33,9 @@ from nexusfs_rebac.errors import (
     ResolutionTooComplex,
 )
 from nexusfs_rebac.plugin import READ_ONLY_METHODS, RebacPlugin, plugin
+from nexusfs_rebac.service import REVISION_EVENT as SERVICE_EVENT
+from nexusfs_rebac.service import RebacService
+from nexusfs_rebac.store import TupleStore
 from nexusfs_rebac.tables import MIGRATIONS, VERSION_TABLE, Base, upgrade_schema
 
 
@@ -506,3 +513,81 @@ def test_revision_and_wait_revision(service: Worker) -> None:
         service.call("wait_revision", after=0, timeout=-1)
     with pytest.raises(InvalidRequest, match="after"):
         service.call("wait_revision", after=1.5)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "store-poll"])
+def test_the_kernel_is_told_of_every_new_revision(
+    shared: bool, store: SQLAlchemyRecordStore, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``ctx.emit("rebac.revision", {"revision": n})`` once the worker answers at a new
+    revision: after its own writes, and after another worker's (another kernel on the
+    same database), learnt from the cache store channel (its safety-net poll set to a
+    minute, so only the message can be in time) or, without a shared cache store, from
+    its store poll. The kernel's permission gate listens for exactly this event."""
+    from nexusfs.server.gate import REVISION_EVENT
+
+    assert SERVICE_EVENT == REVISION_EVENT
+    if shared:
+        redis = request.getfixturevalue("redis")
+        caches = [open_cache_store(redis.url), open_cache_store(redis.url)]
+        config = {"shared_poll_ms": 60_000}
+    else:
+        caches = [NullCacheStore(), NullCacheStore()]
+        config = {"poll_ms": 50}
+    emitted: list[tuple[str, dict[str, object]]] = []
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(ServiceSpec)
+    plugin_a = RebacPlugin()
+    pm.register(plugin_a, name="rebac")
+    ctx = ServiceContext(
+        name="rebac", state_dir=tmp_path / "a", log=logging.getLogger("nexusfs.services.rebac"),
+        record_store=store, cache_store=caches[0], config=config,
+        emit=lambda name, data: emitted.append((name, data)),
+    )  # fmt: skip
+    pm.hook.nexus_service_start(ctx=ctx)
+    other = start_service(store, tmp_path / "b", cache_store=caches[1], config=config)
+    try:
+        a = plugin_a.service
+        assert a is not None
+        own = a.write(writes=["folder:/x#viewer@user:a"])
+        mine = a.revision()["revision"]
+        wait_until(lambda: (REVISION_EVENT, {"revision": mine}) in emitted, what="own write")
+        assert own
+        other.call("write", writes=["folder:/x#viewer@user:b"])
+        theirs = other.call("revision")["revision"]
+        assert theirs == mine + 1
+        wait_until(lambda: (REVISION_EVENT, {"revision": theirs}) in emitted, timeout=20,
+                   what="another worker's write reported")  # fmt: skip
+        assert all(name == REVISION_EVENT for name, _ in emitted)
+        revisions = [int(str(d["revision"])) for _, d in emitted]
+        assert revisions == sorted(set(revisions))  # each new revision once, in order
+    finally:
+        pm.hook.nexus_service_stop(ctx=ctx)
+        other.stop()
+        for cache in caches:
+            cache.close()
+    assert not [t for t in threading.enumerate() if t.name == "rebac-notify"]
+
+
+def test_a_failing_notification_is_logged_and_the_next_is_sent(
+    store: SQLAlchemyRecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    upgrade_schema(store)
+    told: list[int] = []
+
+    def on_revision(revision: int) -> None:
+        told.append(revision)
+        if len(told) == 1:
+            raise ServiceUnavailable("the kernel is going away")
+
+    svc = RebacService(TupleStore(store.session_factory), on_revision=on_revision)
+    svc.start()
+    try:
+        svc.write(writes=["folder:/y#viewer@user:a"])
+        wait_until(lambda: len(told) == 1, what="first notification")
+        svc.write(writes=["folder:/y#viewer@user:b"])
+        wait_until(lambda: len(told) == 2, what="second notification")
+        assert told[1] == told[0] + 1
+        assert "reporting revision" in caplog.text
+    finally:
+        svc.stop()
