@@ -45,7 +45,7 @@ from nexusfs_rebac.errors import (
     ModelError,
     ResolutionTooComplex,
 )
-from nexusfs_rebac.listing import UserList, expand, list_objects, list_users
+from nexusfs_rebac.listing import UserList, expand, list_objects, list_users, memberships
 from nexusfs_rebac.model import AuthorizationModel, Direct
 from nexusfs_rebac.plan import Plan, RelPlan
 from nexusfs_rebac.resolve import TRUE, Resolver
@@ -205,11 +205,11 @@ class Engine:
             )
         return key
 
-    def _lister(self, target: RelPlan, res: Resolver) -> set[str]:
-        """Objects of ``target`` holding ``res.user`` (the resolver's membership sets)."""
-        src = res.source
-        listing = self.source if src is self.stored else self._listing_source(src)
-        return list_objects(self.plan, listing, res.user, target, res, self.max_depth)
+    def _lister(self, target: RelPlan, res: Resolver) -> frozenset[str]:
+        """Objects of the shortcut ``target`` holding ``res.user`` (the resolver's
+        membership sets). No computed relation can lead to a shortcut relation, so the
+        request's source is read without routing."""
+        return memberships(self.plan, res.source, res.user, target, self.max_depth)
 
     def _resolver(
         self,

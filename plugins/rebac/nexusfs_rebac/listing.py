@@ -16,6 +16,12 @@ three-valued semantics of :mod:`nexusfs_rebac.resolve`), so the three always agr
   ``user:*`` in the answer means every user of that type *except* the ones listed in
   ``excluded`` (users met on the way whose check is FALSE, e.g. under ``but not``).
 
+* **memberships** is ``list_objects`` for a *shortcut* relation (``group#member`` when
+  every relation that can lead to it is a plain stored direct relation, see
+  :attr:`~nexusfs_rebac.plan.RelPlan.shortcut`): every reverse edge is then certain,
+  so it is a plain breadth-first closure over ``reverse`` lookups, computed once per
+  check to decide userset terms by set intersection.
+
 A walk longer than ``max_depth`` levels raises
 :class:`~nexusfs_rebac.errors.ResolutionTooComplex`, as a check would.
 """
@@ -42,7 +48,7 @@ from nexusfs_rebac.resolve import TRUE, Resolver
 from nexusfs_rebac.source import TupleSource
 from nexusfs_rebac.tuples import Subject
 
-__all__ = ["UserList", "expand", "list_objects", "list_users"]
+__all__ = ["UserList", "expand", "list_objects", "list_users", "memberships"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,64 @@ def list_objects(
                 hits = source.reverse(e.relation, e.target.type, e.kind, objs)
                 add(e.target, hits, level + 1, e.positive)
     return found.get((target.type, target.name), set())
+
+
+def memberships(
+    plan: Plan, source: TupleSource, user: Subject, target: RelPlan, max_depth: int
+) -> frozenset[str]:
+    """``list_objects(plan, source, user, target, ...)`` for a shortcut ``target``
+    (``target.shortcut``; ``source`` need not route computed relations, none can lead to
+    it), without checks: the same answer and the same depth rule (an object first
+    reached past ``max_depth`` levels raises
+    :class:`~nexusfs_rebac.errors.ResolutionTooComplex`). Breadth first, one level at a
+    time, so every object is reached at its lowest level, as in ``list_objects``."""
+    assert target.shortcut, f"{target.key} is not a shortcut relation"
+    rev = plan.reverse_for(target)
+    edges_from = rev.edges_from
+    found: dict[tuple[str, str], set[str]] = {}
+    frontier: list[tuple[RelPlan, Collection[str]]] = []
+    level = 0
+    if user.relation is None:
+        for rp, _ in rev.seeds.get(user.kind, ()):
+            frontier.append((rp, source.reverse(rp.name, rp.type, user.kind, (user.subject,))))
+        if user.id != "*":
+            wild = f"{user.type}:*"
+            for rp, _ in rev.seeds.get(wild, ()):
+                frontier.append((rp, source.reverse(rp.name, rp.type, wild, (wild,))))
+    else:
+        own = plan.rel(user.type, user.relation)
+        assert own is not None  # validated by the engine
+        if (own.type, own.name) in plan.relevant(target):
+            frontier.append((own, (user.subject,)))
+            level = -1  # the userset itself; a tuple holding it is level 0, as in check
+    while frontier:
+        arrived: list[tuple[RelPlan, set[str]]] = []
+        for rp, objs in frontier:
+            if not objs:
+                continue
+            cur = found.get((rp.type, rp.name))
+            if cur is None:
+                new = set(objs)
+                found[(rp.type, rp.name)] = set(new)
+            else:
+                new = set(objs).difference(cur)
+                if not new:
+                    continue
+                cur |= new
+            if level > max_depth:
+                raise _too_deep("listing objects", max_depth)
+            arrived.append((rp, new))
+        frontier = []
+        for rp, new in arrived:
+            for e in edges_from.get((rp.type, rp.name), ()):
+                if e.via == "computed":
+                    frontier.append((e.target, new))
+                else:
+                    frontier.append(
+                        (e.target, source.reverse(e.relation, e.target.type, e.kind, new))
+                    )
+        level += 1
+    return frozenset(found.get((target.type, target.name), ()))
 
 
 def _user_string(kind: str, subject: str) -> str:

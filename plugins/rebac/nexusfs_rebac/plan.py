@@ -42,7 +42,7 @@ from nexusfs_rebac.rewrites import (
 )
 from nexusfs_rebac.source import ComputedRelation
 
-__all__ = ["DirectSpec", "Edge", "Plan", "RelPlan", "WalkGroup"]
+__all__ = ["DirectSpec", "Edge", "Plan", "RelPlan", "WalkGroup", "WalkStep"]
 
 DirectSpec = tuple[frozenset[str], ComputedRelation | None, tuple[tuple[str, "RelPlan"], ...]]
 
@@ -114,18 +114,35 @@ class Edge:
     kind: str = ""
 
 
+#: A walk step: (tupleset, its computed resolver or None, its allowed kinds,
+#: ((kind, walk group key ``(kind, relations of that kind's objects)``), ...)).
+WalkStep = tuple[
+    str, ComputedRelation | None, frozenset[str], tuple[tuple[str, tuple[str, frozenset[str]]], ...]
+]
+
+
 @dataclass(frozen=True, slots=True)
 class WalkGroup:
-    """What the positive walk does at one object for one set of relations: the
-    relations to test, and one step per tupleset: ``(tupleset, computed resolver or
-    None, allowed kinds, ((kind, relations of that kind's objects), ...))``."""
+    """What the positive walk does at one object of ``type`` for the set of relations
+    ``names`` (closed under computed usersets in union position).
 
+    * ``allow`` and ``usersets``: the direct terms the walk tests inline against the
+      object's stored tuples (:meth:`TupleSource.read_subjects`), merged over the
+      relations: ``allow[kind]`` = the relations whose direct term admits users of
+      ``kind``; ``usersets`` = ``(kind, plan of the userset, relations admitting it)``
+      for each userset kind decided by the user's membership set (shortcut plans);
+    * ``slow``: ``(relation, direct term's evaluator or None, 'and' / 'but not'
+      parts)`` for the relations with something the walk cannot test inline (a direct
+      term with recursive usersets or a kernel-computed one, intersections,
+      exclusions);
+    * ``steps``: one :data:`WalkStep` per tupleset of the ``X from Y`` leaves."""
+
+    type: str
     names: frozenset[str]
-    rels: tuple[RelPlan, ...]
-    steps: tuple[
-        tuple[str, ComputedRelation | None, frozenset[str], tuple[tuple[str, frozenset[str]], ...]],
-        ...,
-    ]
+    allow: dict[str, frozenset[str]]
+    usersets: tuple[tuple[str, RelPlan, frozenset[str]], ...]
+    slow: tuple[tuple[str, Eval | None, tuple[Eval, ...]], ...]
+    steps: tuple[WalkStep, ...]
 
 
 @dataclass(slots=True)
@@ -240,17 +257,37 @@ class Plan:
             for rp in plans:
                 for tupleset, comp in rp.ttu_leaves:
                     by_tupleset.setdefault(tupleset, set()).add(comp)
-            steps = []
+            steps: list[WalkStep] = []
             for tupleset, comps in sorted(by_tupleset.items()):
                 ts = self.rels[(type_name, tupleset)]
                 targets = tuple(
-                    (kind, xs)
+                    (kind, (kind, xs))
                     for kind in sorted(ts.allowed)
                     if (xs := frozenset(c for c in comps if (kind, c) in self.rels))
                 )
                 cr = self.computed.get((type_name, tupleset))
                 steps.append((tupleset, cr, ts.allowed, targets))
-            got = self._groups[key] = WalkGroup(rels, plans, tuple(steps))
+            allow: dict[str, set[str]] = {}
+            usersets: dict[str, tuple[RelPlan, set[str]]] = {}
+            slow: list[tuple[str, Eval | None, tuple[Eval, ...]]] = []
+            for rp in plans:
+                spec = rp.dinline
+                inline = spec is not None and spec[1] is None
+                if inline:
+                    for kind in rp.allowed:
+                        allow.setdefault(kind, set()).add(rp.name)
+                    for kind, splan in spec[2] if spec is not None else ():
+                        usersets.setdefault(kind, (splan, set()))[1].add(rp.name)
+                if (not inline and rp.direct_fn is not None) or rp.complex_fns:
+                    slow.append((rp.name, None if inline else rp.direct_fn, rp.complex_fns))
+            got = self._groups[key] = WalkGroup(
+                type_name,
+                rels,
+                {kind: frozenset(names) for kind, names in allow.items()},
+                tuple((kind, sp, frozenset(ns)) for kind, (sp, ns) in sorted(usersets.items())),
+                tuple(slow),
+                tuple(steps),
+            )
         return got
 
     def _shortcuts(self) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from nexusfs_rebac.errors import ResolutionTooComplex
-from nexusfs_rebac.source import Kinds, TupleSource
+from nexusfs_rebac.source import BySubject, Kinds, TupleSource
 from nexusfs_rebac.tuples import Subject
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ _INF = 1 << 30
 
 Eval = Callable[["Resolver", str], int]
 Read = Callable[[str, str, Collection[str]], Kinds]
-Lister = Callable[["RelPlan", "Resolver"], Collection[str]]
+Lister = Callable[["RelPlan", "Resolver"], frozenset[str]]
 
 
 class Resolver:
@@ -73,7 +73,7 @@ class Resolver:
 
     __slots__ = (
         "depth", "kind", "lister", "low", "max_depth", "memo", "msets", "pmemo", "pos", "read",
-        "reuse", "source", "subject", "target", "user", "wild",
+        "read_subjects", "reuse", "source", "subject", "target", "user", "wild",
     )  # fmt: skip
 
     def __init__(
@@ -81,7 +81,7 @@ class Resolver:
         source: TupleSource,
         user: Subject,
         max_depth: int,
-        lister: Lister | None = None,
+        lister: Lister,
         reuse: bool = True,
         msets: dict[str, frozenset[str]] | None = None,
     ) -> None:
@@ -90,6 +90,7 @@ class Resolver:
         # it worth memoising every pair a positive walk examined.
         self.reuse = reuse
         self.read: Read = source.read
+        self.read_subjects: Callable[[str], BySubject] = source.read_subjects
         # Positive mode: only whether a node is TRUE matters (the default at the top of
         # a check). Under ``but not`` the resolver switches to exact mode. Results of the
         # two modes are memoised apart: in positive mode FALSE may stand for UNKNOWN.
@@ -166,6 +167,5 @@ class Resolver:
         computed once per request by the ``lister``."""
         got = self.msets.get(plan.key)
         if got is None:
-            assert self.lister is not None
-            got = self.msets[plan.key] = frozenset(self.lister(plan, self))
+            got = self.msets[plan.key] = self.lister(plan, self)
         return got

@@ -58,7 +58,7 @@ def direct(
         if not usersets:
             return FALSE
         todo = usersets
-        if res.pos and res.lister is not None:
+        if res.pos:
             # Only TRUE matters here: test the usersets against the user's memberships.
             for kind, plan in shortcut:
                 s = d.get(kind)
@@ -272,111 +272,136 @@ def make_walk(plan: Plan, root: RelPlan) -> Eval:
 
     State: objects carrying sets of relations still to examine. For each object the
     set is closed under computed usersets in union position (``viewer`` -> ``editor`` ->
-    ``owner``), each relation's direct term and its ``and`` / ``but not`` parts are
-    tested (through the ordinary closures), and every ``X from Y`` in union position
+    ``owner``), and its :class:`~nexusfs_rebac.plan.WalkGroup` says what to test: the
+    plain direct terms of all those relations at once against the object's stored
+    tuples (one :meth:`~nexusfs_rebac.source.TupleSource.read_subjects`: the user, its
+    wildcard, its membership sets), the other direct terms and the ``and`` / ``but
+    not`` parts through the ordinary closures; every ``X from Y`` in union position
     becomes one read of ``Y`` and a step to its objects with the set of their ``X``.
 
     Returns TRUE as soon as anything matches; FALSE when the region is exhausted (in
-    positive mode FALSE stands for "not TRUE"). The examined pairs are then memoised as
-    FALSE if the walk met no node on the evaluation stack below its root (as in
-    :meth:`Resolver.node`). Object hops count against ``max_depth``.
+    positive mode FALSE stands for "not TRUE"). With memo bookkeeping (a resolver that
+    answers several questions) the examined pairs are then memoised as FALSE if the
+    walk met no node on the evaluation stack below its root (as in
+    :meth:`Resolver.node`), and pairs already known not TRUE are not examined again.
+    Object hops count against ``max_depth``.
     """
-    start = frozenset((root.name,))
-    t0, name0 = root.type, root.name
+    start_key = (root.type, frozenset((root.name,)))
+    name0 = root.name
 
     def ev(res: Resolver, obj0: str) -> int:
         pmemo = res.pmemo
         target = res.target
         reuse = res.reuse
-        read = res.read
+        # Only a batch (memo bookkeeping) or a userset user (its own node) needs the
+        # per-pair tests; a single check of a concrete user skips them.
+        keyed = reuse or target is not None
+        read_subjects = res.read_subjects
         ukind, subject, wild = res.kind, res.subject, res.wild
-        inline_ok = res.lister is not None  # shortcut usersets can be tested by set
         msets = res.msets
         groups = plan.walk_groups
         root_depth = res.depth - 1  # node() entered the root already
         limit = res.max_depth
         seen: dict[str, frozenset[str]] = {}
         touched: list[tuple[str, str]] = []
-        todo: list[tuple[str, str, frozenset[str], int]] = [(obj0, t0, start, root_depth)]
+        todo: list[tuple[str, tuple[str, frozenset[str]], int]] = [(obj0, start_key, root_depth)]
         err: ResolutionTooComplex | None = None
         too_deep = False
         while todo:
-            o, t, rels, level = todo.pop()
+            o, key, level = todo.pop()
+            group = groups.get(key) or plan.walk_group(*key)
             done = seen.get(o)
             if done is None:
-                group = groups.get((t, rels)) or plan.walk_group(t, rels)
                 seen[o] = group.names
             else:
-                fresh = plan.closure(t, rels) - done
+                fresh = group.names - done
                 if not fresh:
                     continue
-                group = plan.group(t, fresh)
                 seen[o] = done | fresh
-            live = False  # whether any relation here still needs its region walked
-            for rp in group.rels:
-                name = rp.name
-                if target is not None and (o, name) == target:
-                    return TRUE
-                if reuse and (o != obj0 or name != name0):
-                    key = (o, name)
-                    v = pmemo.get(key)
-                    if v is None:
-                        touched.append(key)
-                    elif v == TRUE:
+                group = plan.group(group.type, fresh)
+            skip: set[str] | None = None
+            if keyed:
+                live = False  # whether any relation here still needs its region walked
+                for name in group.names:
+                    pair = (o, name)
+                    if pair == target:
                         return TRUE
-                    elif v < ACTIVE:
-                        continue  # known not TRUE
-                    # else: on the evaluation stack. Its region is reachable from here
-                    # anyway, so walking on through it is sound; its marker stays.
-                live = True
-                spec = rp.dinline
-                if spec is not None and inline_ok:
-                    # The direct term, inline: the user, its wildcard, its memberships.
-                    allowed, cr, usersets = spec
-                    d = cr.read(o) if cr is not None else read(o, name, allowed)
-                    if d:
-                        if ukind in allowed:
-                            s = d.get(ukind)
-                            if s and subject in s:
-                                return TRUE
-                        if wild is not None and wild in allowed and d.get(wild):
+                    if reuse and (o != obj0 or name != name0):
+                        v = pmemo.get(pair)
+                        if v is None:
+                            touched.append(pair)
+                        elif v == TRUE:
                             return TRUE
-                        for kind, splan in usersets:
-                            s = d.get(kind)
-                            if s:
-                                m = msets.get(splan.key)
-                                if m is None:
-                                    try:
-                                        m = res.members(splan)
-                                    except ResolutionTooComplex as e:
-                                        err = e
-                                        continue
-                                if not m.isdisjoint(s):
-                                    return TRUE
-                elif rp.direct_fn is not None:
+                        elif v < ACTIVE:
+                            # Known not TRUE: nor is any of its direct terms, so the
+                            # inline test below may include it; the rest is skipped.
+                            skip = {name} if skip is None else skip | {name}
+                            continue
+                        # else: on the evaluation stack. Its region is reachable from
+                        # here anyway, so walking on through it is sound; its marker
+                        # stays.
+                    live = True
+                if not live:
+                    continue
+            allow = group.allow
+            if allow:
+                # The plain direct terms of every relation here, against the object's
+                # tuples: the user, its wildcard, its memberships.
+                by_kind = read_subjects(o)
+                if by_kind:
+                    x = by_kind.get(ukind)
+                    if x is not None:
+                        rs = x.get(subject)
+                        if rs is not None and (a := allow.get(ukind)) and not rs.isdisjoint(a):
+                            return TRUE
+                    if wild is not None:
+                        x = by_kind.get(wild)
+                        if x is not None:
+                            rs = x.get(wild)
+                            if rs is not None and (a := allow.get(wild)) and not rs.isdisjoint(a):
+                                return TRUE
+                    for kind, splan, names in group.usersets:
+                        x = by_kind.get(kind)
+                        if x:
+                            m = msets.get(splan.key)
+                            if m is None:
+                                try:
+                                    m = res.members(splan)
+                                except ResolutionTooComplex as e:
+                                    err = e
+                                    continue
+                            keys = x.keys()
+                            if not keys.isdisjoint(m):
+                                for g in keys & m:
+                                    if not x[g].isdisjoint(names):
+                                        return TRUE
+            for name, direct_fn, complex_fns in group.slow:
+                if skip is not None and name in skip:
+                    continue
+                if direct_fn is not None:
                     try:
-                        if rp.direct_fn(res, o) == TRUE:
+                        if direct_fn(res, o) == TRUE:
                             return TRUE
                     except ResolutionTooComplex as e:
                         err = e
-                for f in rp.complex_fns:
+                for f in complex_fns:
                     try:
                         if f(res, o) == TRUE:
                             return TRUE
                     except ResolutionTooComplex as e:
                         err = e
-            if live and group.steps:
+            if group.steps:
                 if level + 1 > limit:
                     too_deep = True
                     continue
                 for tupleset, cr, allowed, targets in group.steps:
-                    d = cr.read(o) if cr is not None else read(o, tupleset, allowed)
+                    d = cr.read(o) if cr is not None else res.read(o, tupleset, allowed)
                     if d:
-                        for kind, xs in targets:
+                        for kind, target_key in targets:
                             s = d.get(kind)
                             if s:
                                 for p in s:
-                                    todo.append((p, kind, xs, level + 1))
+                                    todo.append((p, target_key, level + 1))
         if err is not None:
             raise err
         if too_deep:
@@ -384,8 +409,8 @@ def make_walk(plan: Plan, root: RelPlan) -> Eval:
                 f"resolution needs more than {limit} nested steps (from {obj0}#{name0})"
             )
         if res.low >= root_depth:
-            for key in touched:
-                pmemo[key] = FALSE
+            for pair in touched:
+                pmemo[pair] = FALSE
         return FALSE
 
     return ev

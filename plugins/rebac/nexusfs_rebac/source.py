@@ -2,10 +2,14 @@
 in-memory indexed implementation, and the two wrappers the engine puts around a source
 (contextual tuples, kernel-computed relations).
 
-The engine asks a source only three questions, all answerable from two indexes:
+The engine asks a source only four questions, all answerable from three indexes:
 
 * ``read(object, relation, kinds)`` - the users of ``object#relation``, grouped by kind
   (``user``, ``user:*``, ``group#member``); index ``(object, relation, kind)``;
+* ``read_subjects(object)`` - every tuple of ``object`` at once, as kind -> subject ->
+  the relations holding that user (the check's positive walk tests several relations
+  per object: a few lookups per object instead of several per relation); index
+  ``(object, kind, subject)``;
 * ``read_many(objects, relation, kinds)`` - the same for many objects at once (one query
   per breadth-first level in ``list_users`` / ``expand``);
 * ``reverse(relation, object_type, kind, subjects)`` - the objects of ``object_type``
@@ -19,9 +23,10 @@ Contract for implementations: answers reflect one consistent state for the durat
 a request (the engine may call many times per check); a source may return more kinds
 than asked for (the engine looks up only the kinds the model allows, which is how tuples
 that a newer model forbids are ignored); returned collections must not be mutated by
-the caller and support fast ``in``. A storage-backed source should serve ``read`` from an
-in-memory index or a per-request cache: a check makes one ``read`` per relation it
-visits.
+the caller and support fast ``in`` (the relation sets of ``read_subjects`` are sets:
+the engine calls ``isdisjoint`` on them). A storage-backed source should serve ``read``
+and ``read_subjects`` from an in-memory index or a per-request cache: a check makes one
+``read_subjects`` per object and one ``read`` per other relation it visits.
 
 Thread safety: :class:`MemoryTupleSource` is not synchronised; do not write to it while
 another thread evaluates against it.
@@ -29,13 +34,14 @@ another thread evaluates against it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Set
 from typing import Protocol, runtime_checkable
 
 from nexusfs_rebac.errors import InvalidTuple
 from nexusfs_rebac.tuples import TupleKey, parse_user
 
 __all__ = [
+    "BySubject",
     "ComputedRelation",
     "ComputedSource",
     "MemoryTupleSource",
@@ -44,7 +50,10 @@ __all__ = [
 ]
 
 Kinds = Mapping[str, Collection[str]]
+#: One object's tuples: kind -> subject -> the relations holding that user.
+BySubject = Mapping[str, Mapping[str, Set[str]]]
 _EMPTY_KINDS: Kinds = {}
+_EMPTY_SUBJECTS: BySubject = {}
 _EMPTY: frozenset[str] = frozenset()
 
 
@@ -55,6 +64,12 @@ class TupleSource(Protocol):
     def read(self, object: str, relation: str, kinds: Collection[str]) -> Kinds:
         """Users of ``object#relation`` grouped by kind; must contain every kind in
         ``kinds`` that has users, may contain others. Empty mapping if none."""
+        ...
+
+    def read_subjects(self, object: str) -> BySubject:
+        """Every tuple of ``object``: kind -> subject -> relations (a set) holding the
+        user of that kind and subject. Kinds and subjects without tuples may be absent;
+        empty mapping if none."""
         ...
 
     def read_many(
@@ -98,9 +113,11 @@ def _split_trusted(obj: str, rel: str, user: str) -> tuple[str, str, str, str, s
 
 
 class MemoryTupleSource:
-    """Tuples in two dictionary indexes: forward ``(object, relation) -> kind ->
-    subjects`` and reverse ``(relation, object_type, kind) -> subject -> objects``.
-    Strings are shared between the indexes; there is no per-tuple object.
+    """Tuples in three dictionary indexes: forward ``(object, relation) -> kind ->
+    subjects``, by subject ``object -> kind -> subject -> relations`` and reverse
+    ``(relation, object_type, kind) -> subject -> objects``. Strings are shared between
+    the indexes, and the relation sets are interned (one frozenset per distinct set of
+    relation names), so there is no per-tuple object. Empty entries are removed.
 
     ``add`` / ``remove`` check only the syntax of a tuple (the model is the engine's
     business: tuples it does not allow are simply ignored by evaluation)."""
@@ -108,6 +125,8 @@ class MemoryTupleSource:
     def __init__(self, tuples: Iterable[TupleKey | str | tuple[str, str, str]] = ()) -> None:
         self._fwd: dict[tuple[str, str], dict[str, set[str]]] = {}
         self._rev: dict[tuple[str, str, str], dict[str, set[str]]] = {}
+        self._subj: dict[str, dict[str, dict[str, frozenset[str]]]] = {}
+        self._relsets: dict[frozenset[str], frozenset[str]] = {}
         self._n = 0
         for t in tuples:
             self.add(t)
@@ -133,6 +152,9 @@ class MemoryTupleSource:
             return False
         subjects.add(subj)
         self._rev.setdefault((rel, otype, kind), {}).setdefault(subj, set()).add(obj)
+        by_subject = self._subj.setdefault(obj, {}).setdefault(kind, {})
+        rels = by_subject.get(subj)
+        by_subject[subj] = self._relset(rels | {rel} if rels is not None else {rel})
         self._n += 1
         return True
 
@@ -151,6 +173,17 @@ class MemoryTupleSource:
             del by_kind[kind]  # type: ignore[union-attr]
             if not by_kind:
                 del self._fwd[(obj, rel)]
+        of_object = self._subj[obj]
+        by_subject = of_object[kind]
+        rels = by_subject[subj] - {rel}
+        if rels:
+            by_subject[subj] = self._relset(rels)
+        else:
+            del by_subject[subj]
+            if not by_subject:
+                del of_object[kind]
+                if not of_object:
+                    del self._subj[obj]
         rev = self._rev[(rel, otype, kind)]
         objs = rev[subj]
         objs.discard(obj)
@@ -160,6 +193,11 @@ class MemoryTupleSource:
                 del self._rev[(rel, otype, kind)]
         self._n -= 1
         return True
+
+    def _relset(self, rels: Iterable[str]) -> frozenset[str]:
+        """The interned frozenset of ``rels``."""
+        fs = frozenset(rels)
+        return self._relsets.setdefault(fs, fs)
 
     def __len__(self) -> int:
         return self._n
@@ -184,6 +222,9 @@ class MemoryTupleSource:
 
     def read(self, object: str, relation: str, kinds: Collection[str] = ()) -> Kinds:
         return self._fwd.get((object, relation), _EMPTY_KINDS)
+
+    def read_subjects(self, object: str) -> BySubject:
+        return self._subj.get(object, _EMPTY_SUBJECTS)
 
     def read_many(
         self, objects: Collection[str], relation: str, kinds: Collection[str] = ()
@@ -224,6 +265,20 @@ def _merge(a: Kinds, b: Kinds) -> Kinds:
     return out
 
 
+def _merge_subjects(a: BySubject, b: BySubject) -> BySubject:
+    if not a:
+        return b
+    if not b:
+        return a
+    out = {k: dict(v) for k, v in a.items()}
+    for kind, by_subject in b.items():
+        mine = out.setdefault(kind, {})
+        for subject, rels in by_subject.items():
+            got = mine.get(subject)
+            mine[subject] = rels if got is None else got | rels
+    return out
+
+
 class OverlaySource:
     """``base`` plus a few extra tuples (a request's contextual tuples), read as one."""
 
@@ -235,6 +290,11 @@ class OverlaySource:
         e = self.extra.read(object, relation, kinds)
         b = self.base.read(object, relation, kinds)
         return _merge(b, e) if e else b
+
+    def read_subjects(self, object: str) -> BySubject:
+        e = self.extra.read_subjects(object)
+        b = self.base.read_subjects(object)
+        return _merge_subjects(b, e) if e else b
 
     def read_many(
         self, objects: Collection[str], relation: str, kinds: Collection[str]
@@ -266,6 +326,9 @@ class ComputedSource:
         self.base = base
         self._by = dict(computed)
         self._names = frozenset(r for _, r in computed)
+        self._by_type: dict[str, dict[str, ComputedRelation]] = {}
+        for (t, r), cr in self._by.items():
+            self._by_type.setdefault(t, {})[r] = cr
 
     def _route(self, object: str, relation: str) -> ComputedRelation | None:
         if relation not in self._names:
@@ -275,6 +338,26 @@ class ComputedSource:
     def read(self, object: str, relation: str, kinds: Collection[str]) -> Kinds:
         cr = self._route(object, relation)
         return cr.read(object) if cr is not None else self.base.read(object, relation, kinds)
+
+    def read_subjects(self, object: str) -> BySubject:
+        b = self.base.read_subjects(object)
+        routed = self._by_type.get(object.partition(":")[0])
+        if not routed:
+            return b
+        # Stored tuples of the computed relations are not read; computed ones are added.
+        names = frozenset(routed)
+        out: dict[str, dict[str, Set[str]]] = {}
+        for kind, by_subject in b.items():
+            for subject, rels in by_subject.items():
+                if kept := rels - names:
+                    out.setdefault(kind, {})[subject] = kept
+        for rel, cr in routed.items():
+            for kind, subjects in cr.read(object).items():
+                mine = out.setdefault(kind, {})
+                for subject in subjects:
+                    got = mine.get(subject)
+                    mine[subject] = frozenset((rel,)) if got is None else got | {rel}
+        return out
 
     def read_many(
         self, objects: Collection[str], relation: str, kinds: Collection[str]

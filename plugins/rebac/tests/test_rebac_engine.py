@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nexusfs.errors import NexusError
 from nexusfs_rebac import (
@@ -13,11 +15,13 @@ from nexusfs_rebac import (
     InvalidRequest,
     InvalidTuple,
     MemoryTupleSource,
+    PathHierarchy,
     TupleKey,
     TupleSource,
     UserList,
     parse_model,
 )
+from nexusfs_rebac.source import ComputedSource, OverlaySource
 
 MODEL = parse_model(
     """model
@@ -287,6 +291,86 @@ def test_memory_source_add_remove_iterate() -> None:
     )
     with pytest.raises(InvalidTuple):
         src.add("bad")
+
+
+SOURCE_OPS = st.lists(
+    st.tuples(
+        st.booleans(),  # add (True) or remove
+        st.sampled_from(["doc:1", "doc:2", "folder:f"]),
+        st.sampled_from(["viewer", "editor", "owner"]),
+        st.sampled_from(["user:a", "user:b", "user:*", "group:g#member", "group:h#member"]),
+    ),
+    max_size=40,
+)
+
+
+def _by_subject(tuples: set[tuple[str, str, str]], obj: str) -> dict[str, dict[str, set[str]]]:
+    """The brute-force ``read_subjects(obj)``."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for o, r, u in tuples:
+        if o == obj:
+            head, hash_, urel = u.partition("#")
+            t, _, oid = head.partition(":")
+            kind = f"{t}#{urel}" if hash_ else f"{t}:*" if oid == "*" else t
+            out.setdefault(kind, {}).setdefault(head, set()).add(r)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=SOURCE_OPS)
+def test_memory_source_indexes_agree_after_adds_and_removes(
+    ops: list[tuple[bool, str, str, str]],
+) -> None:
+    src = MemoryTupleSource()
+    model: set[tuple[str, str, str]] = set()
+    for add, o, r, u in ops:
+        if add:
+            assert src.add((o, r, u)) == ((o, r, u) not in model)
+            model.add((o, r, u))
+        else:
+            assert src.remove((o, r, u)) == ((o, r, u) in model)
+            model.discard((o, r, u))
+    assert len(src) == len(model) and {(t.object, t.relation, t.user) for t in src} == model
+    interned: dict[frozenset[str], frozenset[str]] = {}
+    for obj in ("doc:1", "doc:2", "folder:f"):
+        got = src.read_subjects(obj)
+        assert {k: {s: set(rs) for s, rs in v.items()} for k, v in got.items()} == _by_subject(
+            model, obj
+        )
+        for by_subject in got.values():
+            assert by_subject  # no empty entries are kept
+            for rs in by_subject.values():
+                assert isinstance(rs, frozenset) and interned.setdefault(rs, rs) is rs
+    for o, r, u in sorted(model):
+        src.remove_trusted(o, r, u)
+    assert len(src) == 0 and all(not src.read_subjects(o) for o in ("doc:1", "doc:2", "folder:f"))
+
+
+def test_read_subjects_of_the_overlay_and_of_computed_relations() -> None:
+    base = MemoryTupleSource(["doc:1#viewer@user:a", "doc:1#editor@user:a",
+                              "doc:1#viewer@group:g#member", "file:/a/b#parent@folder:/x",
+                              "file:/a/b#viewer@user:a"])  # fmt: skip
+    extra = MemoryTupleSource(["doc:1#owner@user:a", "doc:1#viewer@user:b"])
+    over = OverlaySource(base, extra)
+    assert over.read_subjects("doc:1") == {
+        "user": {"user:a": {"viewer", "editor", "owner"}, "user:b": {"viewer"}},
+        "group#member": {"group:g": {"viewer"}},
+    }
+    assert over.read_subjects("doc:2") == {} and over.read_subjects("file:/a/b") == {
+        "user": {"user:a": {"viewer"}},
+        "folder": {"folder:/x": {"parent"}},
+    }
+    # Base's own result is left as it was.
+    assert base.read_subjects("doc:1")["user"]["user:a"] == {"viewer", "editor"}
+    h = PathHierarchy()
+    routed = ComputedSource(base, {("file", "parent"): h, ("folder", "parent"): h})
+    # The stored parent tuple is not read; the computed parent is.
+    assert routed.read_subjects("file:/a/b") == {
+        "user": {"user:a": {"viewer"}},
+        "folder": {"folder:/a": {"parent"}},
+    }
+    assert routed.read_subjects("doc:1") == base.read_subjects("doc:1")
+    assert routed.read_subjects("folder:/") == {}
 
 
 # -------------------------------------------------------------- request errors

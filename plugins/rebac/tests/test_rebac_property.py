@@ -1,8 +1,9 @@
 """Property tests: on random models and random tuples, ``check``, ``list_objects`` and
 ``list_users`` agree with each other and with a brute-force reference evaluator
 (:mod:`rebac_testkit`), including cycles, ``but not`` over cycles, wildcards, usersets
-and tuples the model does not allow; the DSL printer and parser round-trip; the parser
-never fails with anything but ``ModelError``."""
+and tuples the model does not allow, stored or supplied as contextual tuples; the DSL
+printer and parser round-trip; the parser never fails with anything but
+``ModelError``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rebac_testkit import T, reference
 from nexusfs_rebac import (
     AuthorizationModel,
     Engine,
+    InvalidTuple,
     MemoryTupleSource,
     ModelError,
     TupleKey,
@@ -131,6 +133,22 @@ def test_check_list_objects_list_users_agree_with_reference(
     items = [(s, r, o) for s in SUBJECTS[:5] for (o, r) in refs[s]]
     assert engine.batch_check(items) == [refs[s][(o, r)] == T for s, r, o in items]
     assert engine.batch_check(items, shared=shared) == [refs[s][(o, r)] == T for s, r, o in items]
+    # the same tuples, the valid ones among every other supplied as contextual tuples
+    # (read through the overlay of stored and contextual tuples) give the same answers
+    stored: list[TupleKey] = []
+    extra: list[TupleKey] = []
+    for i, tk in enumerate(tuples):
+        try:
+            engine.validate_tuple(tk)
+        except InvalidTuple:
+            stored.append(tk)
+            continue
+        (extra if i % 2 else stored).append(tk)
+    split = Engine(model, MemoryTupleSource(stored), max_depth=200)
+    for s in SUBJECTS[::3]:
+        for (o, r), v in refs[s].items():
+            assert split.check(s, r, o, extra) == (v == T), (s, r, o, v, text, raw, extra)
+    assert split.batch_check(items, extra) == [refs[s][(o, r)] == T for s, r, o in items]
 
 
 @SETTINGS
