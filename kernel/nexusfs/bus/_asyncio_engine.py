@@ -4,8 +4,10 @@ Used on the asyncio backend when the stream wraps a real socket. Every microseco
 local call is loop overhead, so this engine keeps the number of loop iterations and
 objects per call at the minimum:
 
-* Reading: a persistent ``loop.add_reader`` callback reads and dispatches every complete
-  frame (no reader task to wake).
+* Reading: the loop's own transport reads (in C, on uvloop) straight into one buffer
+  the engine allocated once (``asyncio.BufferedProtocol``), and the protocol callback
+  dispatches every complete frame (no reader task to wake). The transport owns a
+  duplicate of the connection's socket descriptor; both are closed at shutdown.
 * Serving: ``PLAIN`` handlers and ``INLINE`` coroutines (no ``await`` in their body, see
   :func:`~nexusfs.bus._serve.handler_kind`) run right in the read callback and their
   answers leave in the one write that ends it; a plain handler that returns a coroutine
@@ -16,10 +18,11 @@ objects per call at the minimum:
 * Deadlines of calls and of served requests are kept in two
   :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
   call); cancellation uses ``Task.cancel()``.
-* Writing: frames are queued whole and written with one ``send`` per loop iteration
+* Writing: frames are queued whole and handed to the transport once per loop iteration
   (pipelined calls and answers coalesce); a call or answer with nothing else in flight
-  is written at once, saving a loop iteration. Above 4 MiB of queued output, senders
-  wait (backpressure); a short write arms a writer callback.
+  is written at once, saving a loop iteration. The transport writes what the socket
+  takes and buffers the rest; above 4 MiB (queued here or buffered there) senders wait
+  (backpressure).
 
 Semantics are those of the :mod:`~nexusfs.bus.connection` docstring: a call whose
 deadline passes raises :class:`DeadlineExceeded` and sends a ``cancel``; so does a call
@@ -39,7 +42,7 @@ import socket
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from msgpack import unpackb as _unpackb
 
@@ -100,48 +103,49 @@ class AsyncioEngine:
         self._call_deadlines = DeadlineQueue(self._loop, self._call_due, self._call_live)
         self._serve_deadlines = DeadlineQueue(self._loop, self._serve_due, self._serve_live)
         self._done: asyncio.Future[str] = self._loop.create_future()
-        self._fd = sock.fileno()
         self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._transport: asyncio.Transport | None = None
         self._shut = False
         self._out: list[bytes] = []
         self._out_size = 0
         self._flush_scheduled = False
-        self._writer_on = False
+        self._paused = False  # the transport's buffer is above its high-water mark
         self._in_dispatch = False
         self._drained: asyncio.Event | None = None
+
+    async def open(self) -> None:
+        """Attach the loop's transport to (a duplicate of) the socket. Must complete
+        before the engine is used; ``OSError`` if the loop cannot take the socket."""
+        dup = self._sock.dup()
+        try:
+            transport, _ = await self._loop.connect_accepted_socket(
+                lambda: _Protocol(self), sock=dup)
+        except BaseException:
+            dup.close()
+            raise
+        self._transport = transport  # (connection_made set it already)
 
     # -- reading ------------------------------------------------------------------------
 
     async def read(self) -> str:
-        self._loop.add_reader(self._fd, self._on_readable)
         try:
             return await self._done
         finally:
-            self._loop.remove_reader(self._fd)
             await self._drain_tasks()
 
     def _finish(self, reason: str | BaseException) -> None:
-        self._loop.remove_reader(self._fd)
         if not self._done.done():
             if isinstance(reason, BaseException):
                 self._done.set_exception(reason)
             else:
                 self._done.set_result(reason)
 
-    def _on_readable(self) -> None:
-        # Into a buffer allocated once: ``recv(256 KiB)`` would allocate (and with glibc
-        # often mmap/munmap) 256 KiB per read.
+    def _on_data(self, n: int) -> None:
+        """``n`` bytes arrived in the receive buffer (``_Protocol.buffer_updated``)."""
+        if self._shut or self._done.done():  # closing (e.g. after a protocol error)
+            return
         rbuf = self._rbuf
-        try:
-            n = self._sock.recv_into(rbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._finish(f"read failed: {exc!r}")
-            return
-        if not n:
-            self._finish(eof_reason(self._decoder, self._conn.name))
-            return
         self._in_dispatch = True
         try:
             decoder = self._decoder
@@ -226,7 +230,7 @@ class AsyncioEngine:
         frame = self._packer.frame({"t": "req", "id": rid, "m": method, "a": a, "d": d})
         if d is not None and d <= time.time():
             raise DeadlineExceeded(f"{method}: deadline already passed")
-        if self._out_size > _HIGH_WATER:
+        if self._paused or self._out_size > _HIGH_WATER:
             await self._wait_drained()
         fut: asyncio.Future[Any] = self._loop.create_future()
         calls = self._calls
@@ -234,12 +238,12 @@ class AsyncioEngine:
         if d is not None:
             self._call_deadlines.add(d, rid, fut)
         out = self._out
-        if not out and len(calls) == 1 and not self._in_dispatch and not self._writer_on:
+        if not out and len(calls) == 1 and not self._in_dispatch:
             self._send_now(frame)  # the only call in flight: nothing to coalesce with
         else:  # pipelined: one write per loop iteration (the write() path, inlined)
             out.append(frame)
             self._out_size += len(frame)
-            if not (self._flush_scheduled or self._in_dispatch or self._writer_on):
+            if not (self._flush_scheduled or self._in_dispatch):
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
         try:
@@ -417,28 +421,33 @@ class AsyncioEngine:
     async def send(self, frame: bytes) -> None:
         """Queue one whole frame, waiting while too much output is queued;
         ServiceUnavailable once the connection is closed."""
-        if self._out_size > _HIGH_WATER:
+        if self._paused or self._out_size > _HIGH_WATER:
             await self._wait_drained()
         if self._shut:
             raise ServiceUnavailable(f"bus connection closed: {self._conn._close_reason}")
         self.write(frame)
 
     async def _wait_drained(self) -> None:
-        while self._out_size > _HIGH_WATER and not self._shut:
+        while (self._paused or self._out_size > _HIGH_WATER) and not self._shut:
             if self._drained is None:
                 self._drained = asyncio.Event()
             await self._drained.wait()
         if self._shut:
             raise ServiceUnavailable(f"bus connection closed: {self._conn._close_reason}")
 
+    def _wake_senders(self) -> None:
+        if self._drained is not None and not self._paused and self._out_size <= _HIGH_WATER:
+            self._drained.set()
+            self._drained = None
+
     def write(self, frame: bytes, *, urgent: bool = False) -> None:
         """Queue ``frame``; written at the end of the current read callback, at once when
-        ``urgent`` (and nothing forces waiting), else on the next loop iteration."""
+        ``urgent``, else on the next loop iteration."""
         if self._shut:
             return
         self._out.append(frame)
         self._out_size += len(frame)
-        if self._in_dispatch or self._writer_on:
+        if self._in_dispatch:
             return
         if urgent:
             self._flush()
@@ -447,59 +456,43 @@ class AsyncioEngine:
             self._loop.call_soon(self._flush)
 
     def _send_now(self, frame: bytes) -> None:
-        """Write ``frame`` at once (nothing may be queued); queue what the socket does
-        not take."""
-        try:
-            n = self._sock.send(frame)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._conn._shutdown(f"write failed: {exc!r}")
-            return
-        if n < len(frame):
-            self._out.append(frame[n:])
-            self._out_size += len(frame) - n
-            self._writer_on = True
-            self._loop.add_writer(self._fd, self._on_writable)
+        """Hand ``frame`` to the transport at once (nothing may be queued here)."""
+        transport = self._transport
+        assert transport is not None, "AsyncioEngine.open() was not awaited"
+        transport.write(frame)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._writer_on or not self._out or self._shut:
+        if not self._out or self._shut:
             return
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        try:
-            n = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self._out_size = 0
-            self._conn._shutdown(f"write failed: {exc!r}")
-            return
-        self._out_size = len(data) - n
-        if n < len(data):
-            out.append(data[n:])
-            self._writer_on = True
-            self._loop.add_writer(self._fd, self._on_writable)
-        if self._drained is not None and self._out_size <= _HIGH_WATER:
-            self._drained.set()
-            self._drained = None
+        self._out_size = 0
+        transport = self._transport
+        assert transport is not None, "AsyncioEngine.open() was not awaited"
+        transport.write(data)
+        self._wake_senders()
 
-    def _on_writable(self) -> None:
-        self._writer_on = False
-        self._loop.remove_writer(self._fd)
-        self._flush()
+    def _pause_writing(self) -> None:
+        self._paused = True
+
+    def _resume_writing(self) -> None:
+        self._paused = False
+        self._wake_senders()
 
     # -- shutdown -----------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        if self._out and not self._writer_on and not self._shut:
-            with contextlib.suppress(OSError):  # best effort: queued answers
-                self._sock.send(b"".join(self._out))
+        transport = self._transport
+        if self._out and not self._shut and transport is not None:
+            with contextlib.suppress(Exception):  # best effort: queued answers
+                transport.write(b"".join(self._out))
         self._shut = True
-        if self._writer_on:
-            self._loop.remove_writer(self._fd)
+        self._out.clear()
+        self._out_size = 0
+        if transport is not None:
+            transport.abort()  # (what the socket did not take is discarded)
         if self._drained is not None:
             self._drained.set()
         self._finish("closed")
@@ -519,3 +512,44 @@ class AsyncioEngine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    """The transport's view of an :class:`AsyncioEngine`: data into its buffer, end of
+    stream and flow control to it."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: AsyncioEngine) -> None:
+        self._engine = engine
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Before anything can arrive: answers written while dispatching need it.
+        # (uvloop's transports are not asyncio.Transport subclasses, but the same API.)
+        stream = cast(asyncio.Transport, transport)
+        stream.set_write_buffer_limits(high=_HIGH_WATER)
+        self._engine._transport = stream
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._engine._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._engine._on_data(nbytes)
+
+    def eof_received(self) -> bool:
+        engine = self._engine
+        engine._finish(eof_reason(engine._decoder, engine._conn.name))
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        engine = self._engine
+        if exc is not None:
+            engine._finish(f"read failed: {exc!r}")
+        else:
+            engine._finish(eof_reason(engine._decoder, engine._conn.name))
+
+    def pause_writing(self) -> None:
+        self._engine._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._engine._resume_writing()

@@ -238,6 +238,12 @@ class Connection:
         try:
             async with anyio.create_task_group() as tg:
                 engine = self._make_engine(tg)
+                if type(engine) is AsyncioEngine:
+                    try:
+                        await engine.open()
+                    except OSError as exc:  # the loop cannot take the socket: portable
+                        log.debug("%s: asyncio transport unavailable (%r)", self.name, exc)
+                        engine = AnyioEngine(self, tg)
                 self._engine = engine
                 self._ready.set()
                 try:
