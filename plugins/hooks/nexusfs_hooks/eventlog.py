@@ -39,6 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from nexusfs.errors import InvalidPath
@@ -75,15 +76,28 @@ def _pg_batch_insert() -> Any:
     return insert(_TABLE).from_select(list(_COLUMNS), select(*(src.c[c] for c in _COLUMNS)))
 
 
-def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert the rows (with their ``seq``) in the session's transaction: one statement
-    on PostgreSQL (arrays through ``unnest``), an ``executemany`` elsewhere (SQLite runs
-    it in-process)."""
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = _pg_batch_insert()
-        session.execute(stmt, {c: [row[c] for row in rows] for c in _COLUMNS})
+def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows (with their ``seq``) in the connection's transaction: one
+    statement on PostgreSQL (arrays through ``unnest``), an ``executemany`` elsewhere
+    (SQLite runs it in-process)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_pg_batch_insert(), {c: [row[c] for row in rows] for c in _COLUMNS})
     else:
-        session.execute(insert(_TABLE), rows)
+        conn.execute(_INSERT, rows)
+
+
+#: The statements of :meth:`EventLog.record_rows`, built once.
+_INSERT = insert(_TABLE)
+_LOCK_EVENT_SEQ = select(Counter.value).where(Counter.name == EVENT_SEQ).with_for_update()
+_SET_EVENT_SEQ = (
+    update(Counter).where(Counter.name == EVENT_SEQ).values(value=bindparam("value"))
+)
+_KNOWN_IN_RANGE = select(AuditEvent.kernel_seq, AuditEvent.seq).where(
+    AuditEvent.kernel_seq.between(bindparam("lo"), bindparam("hi"))
+)
+_KNOWN_IN_LIST = select(AuditEvent.kernel_seq, AuditEvent.seq).where(
+    AuditEvent.kernel_seq.in_(bindparam("seqs", expanding=True))
+)
 
 _FIELDS = ("kernel_seq", "time", "subject", "op", "path", "dst", "ok", "error_code",
            "message", "revision")  # fmt: skip
@@ -205,18 +219,26 @@ class EventLog:
     def record_many(self, events: Iterable[Mapping[str, Any]]) -> list[tuple[int, bool]]:
         """Like :meth:`append_many`, also telling for each event whether it was newly
         stored (``False``: a redelivery of a ``kernel_seq`` already logged)."""
-        rows = [_normalise_event(e) for e in events]
+        return self.record_rows([_normalise_event(e) for e in events])
+
+    def record_rows(self, rows: list[dict[str, Any]]) -> list[tuple[int, bool]]:
+        """:meth:`record_many` for rows already in column form, as the service builds
+        them from the kernel's own events: exactly the keys ``kernel_seq`` (``None`` or
+        > 0), ``time`` (float), ``subject``, ``op``, ``path``, ``dst``, ``ok``,
+        ``error_code``, ``message``, ``revision``, of the column types. They are not
+        validated (the database still enforces types and ``NOT NULL``) and are
+        modified (their ``seq`` is set). Same transaction and failure semantics."""
         if not rows:
             return []
         with self._sessions.begin() as session:
+            # Core statements on the session's connection: the ORM adds nothing here.
+            conn = session.connection()
             # Lock the counter row first: on PostgreSQL this serialises appenders (on
             # SQLite the store's BEGIN IMMEDIATE already holds the write lock).
-            current = session.scalar(
-                select(Counter.value).where(Counter.name == EVENT_SEQ).with_for_update()
-            )
+            current = conn.execute(_LOCK_EVENT_SEQ).scalar()
             if current is None:
                 raise RuntimeError("hooks schema missing: call upgrade_schema() first")
-            known = self._known_kernel_seqs(session, rows)
+            known = self._known_kernel_seqs(conn, rows)
             result: list[tuple[int, bool]] = []
             new_rows: list[dict[str, Any]] = []
             next_seq = current
@@ -232,14 +254,12 @@ class EventLog:
                     known[ks] = next_seq
                 result.append((next_seq, True))
             if new_rows:
-                _insert_rows(session, new_rows)
-                session.execute(
-                    update(Counter).where(Counter.name == EVENT_SEQ).values(value=next_seq)
-                )
+                _insert_rows(conn, new_rows)
+                conn.execute(_SET_EVENT_SEQ, {"value": next_seq})
         return result
 
     @staticmethod
-    def _known_kernel_seqs(session: Session, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
+    def _known_kernel_seqs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
         """``kernel_seq -> seq`` of the batch's kernel seqs already in the log. A batch's
         kernel seqs are normally (nearly) contiguous: one index range scan then, an
         ``IN`` list otherwise."""
@@ -247,18 +267,16 @@ class EventLog:
         if not wanted:
             return {}
         known: dict[int, int] = {}
-        pair = (AuditEvent.kernel_seq, AuditEvent.seq)
         lo, hi = wanted[0], wanted[-1]
         if hi - lo < _RANGE_SLACK * len(wanted) + _RANGE_SLACK:
             wanted_set = set(wanted)
-            stmt = select(*pair).where(AuditEvent.kernel_seq.between(lo, hi))
-            for ks, seq in session.execute(stmt):
+            for ks, seq in conn.execute(_KNOWN_IN_RANGE, {"lo": lo, "hi": hi}):
                 if ks is not None and ks in wanted_set:
                     known[ks] = seq
             return known
         for i in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[i : i + _IN_CHUNK]
-            for ks, seq in session.execute(select(*pair).where(AuditEvent.kernel_seq.in_(chunk))):
+            for ks, seq in conn.execute(_KNOWN_IN_LIST, {"seqs": chunk}):
                 if ks is not None:
                     known[ks] = seq
         return known

@@ -244,7 +244,9 @@ class HooksPlugin:
         twice; a crash between the commit and the emits loses those emits: at most
         once)."""
         events, rules = self._require()
-        results = _retry(lambda: events.record_many([_record(e, o) for e, o in batch]))
+        # The kernel's events are well-formed: stored without re-validation. (A retry
+        # rebuilds the rows: record_rows sets their seq.)
+        results = _retry(lambda: events.record_rows([_record(e, o) for e, o in batch]))
         if any(new for _seq, new in results):
             self._publish(EVENTS_CHANNEL, str(max(seq for seq, _new in results)).encode())
         if ctx.emit is not None:
@@ -279,9 +281,10 @@ def _retry(fn: Callable[[], T]) -> T:
 
 
 def _record(event: SyscallEvent, outcome: SyscallOutcome) -> dict[str, Any]:
+    """The event log row (``EventLog.record_rows`` form) of one kernel event."""
     return {
-        "kernel_seq": event.seq or None,
-        "time": event.time,
+        "kernel_seq": event.seq if event.seq and event.seq > 0 else None,
+        "time": float(event.time or 0.0),
         "subject": event.subject,
         "op": event.op,
         "path": event.path,
