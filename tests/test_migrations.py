@@ -390,3 +390,30 @@ def test_a_fresh_install_is_built_without_alembic(tmp_path: Path) -> None:
     assert first.stdout.split() == ["['0001']", "False"], first.stderr
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.stdout.split() == ["[]", "False"], again.stderr
+
+
+def test_static_revision_graph_without_alembic(tmp_path: Path) -> None:
+    """The fresh-install and already-current fast paths read revision ids without
+    Alembic; anything that is not a plain literal chain falls back to Alembic."""
+    from nexusfs.drivers.recordstore.migrations import _static_chain, _static_heads
+
+    def revs(name: str, **files: tuple[str, str | None]) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        for fname, (rev, down) in files.items():
+            (d / f"{fname}.py").write_text(f"revision = {rev!r}\ndown_revision = {down!r}\n")
+        return d
+
+    linear = revs("linear", a=("r1", None), b=("r2", "r1"), c=("r3", "r2"))
+    assert _static_chain(linear) == ("r1", "r2", "r3")
+    assert _static_heads(linear) == frozenset({"r3"})
+    branched = revs("branched", a=("r1", None), b=("r2", "r1"), c=("r3", "r1"))
+    assert _static_chain(branched) is None
+    assert _static_heads(branched) == frozenset({"r2", "r3"})
+    repeated = revs("repeated", a=("r1", None), b=("r1", None))
+    assert _static_chain(repeated) is None and _static_heads(repeated) is None
+    merge = tmp_path / "merge"
+    merge.mkdir()
+    (merge / "m.py").write_text("revision = 'r3'\ndown_revision = ('r1', 'r2')\n")
+    assert _static_chain(merge) is None and _static_heads(merge) is None
+    assert _static_chain(tmp_path / "linear" / "..") is None  # no revision files

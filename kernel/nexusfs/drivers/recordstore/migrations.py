@@ -182,13 +182,13 @@ _REVISION_LINE = re.compile(
 _ID = re.compile(r"""^(?:None|(['"])([\w.-]+)\1)$""")
 
 
-def _static_heads(versions: Path) -> frozenset[str] | None:
-    """The head revisions of a plain linear-or-branched revision directory, read from
-    the files' literal ``revision = "..."`` / ``down_revision = "..."`` lines without
-    importing Alembic; ``None`` when any file is not that simple (then the caller takes
-    the full Alembic path, which is always right)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
+def _static_graph(versions: Path) -> dict[str, str | None] | None:
+    """``revision -> down_revision`` of a directory of plain revision files, read from
+    their literal ``revision = "..."`` / ``down_revision = "..."`` lines without
+    importing Alembic; ``None`` when it is empty or any file is not that simple (merges,
+    expressions, a repeated id): then the caller takes the full Alembic path, which is
+    always right."""
+    parent_of: dict[str, str | None] = {}
     for path in versions.glob("*.py"):
         if path.name == "__init__.py":
             continue
@@ -200,34 +200,29 @@ def _static_heads(versions: Path) -> frozenset[str] | None:
         if set(found) != {"revision", "down_revision"}:
             return None
         rev, down = (_ID.match(found[k]) for k in ("revision", "down_revision"))
-        if rev is None or rev.group(2) is None or down is None:
-            return None  # not literals: tuples (merges), expressions, ...
-        revisions.add(rev.group(2))
-        if down.group(2) is not None:
-            parents.add(down.group(2))
-    return frozenset(revisions - parents) if revisions else None
+        if rev is None or rev.group(2) is None or down is None or rev.group(2) in parent_of:
+            return None  # not literals: tuples (merges), expressions, ...; or a repeat
+        parent_of[rev.group(2)] = down.group(2)
+    return parent_of or None
+
+
+def _static_heads(versions: Path) -> frozenset[str] | None:
+    """The head revisions of a plain linear-or-branched revision directory
+    (:func:`_static_graph`), or ``None``."""
+    graph = _static_graph(versions)
+    if graph is None:
+        return None
+    return frozenset(set(graph) - {p for p in graph.values() if p is not None})
 
 
 def _static_chain(versions: Path) -> tuple[str, ...] | None:
-    """The revisions of a plain *linear* revision directory, oldest first, read like
-    :func:`_static_heads`; ``None`` when the graph is not one simple chain."""
-    parent_of: dict[str, str | None] = {}
-    for path in versions.glob("*.py"):
-        if path.name == "__init__.py":
-            continue
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-        found = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(source)}
-        if set(found) != {"revision", "down_revision"}:
-            return None
-        rev, down = (_ID.match(found[k]) for k in ("revision", "down_revision"))
-        if rev is None or rev.group(2) is None or down is None or rev.group(2) in parent_of:
-            return None
-        parent_of[rev.group(2)] = down.group(2)
+    """The revisions of a plain *linear* revision directory (:func:`_static_graph`),
+    oldest first; ``None`` when the graph is not one simple chain."""
+    graph = _static_graph(versions)
+    if graph is None:
+        return None
     child_of: dict[str | None, str] = {}
-    for rev_id, parent in parent_of.items():
+    for rev_id, parent in graph.items():
         if parent in child_of:
             return None  # a branch
         child_of[parent] = rev_id
@@ -236,7 +231,7 @@ def _static_chain(versions: Path) -> tuple[str, ...] | None:
     while cursor in child_of:
         cursor = child_of[cursor]
         chain.append(cursor)
-    return tuple(chain) if chain and len(chain) == len(parent_of) else None
+    return tuple(chain) if len(chain) == len(graph) else None
 
 
 def _create_fresh(
