@@ -65,24 +65,7 @@ def direct(
                 if s and not res.members(plan).isdisjoint(s):
                     return TRUE
             todo = recurse
-        out = FALSE
-        err: ResolutionTooComplex | None = None
-        for kind, plan in todo:
-            s = d.get(kind)
-            if s:
-                for g in s:
-                    try:
-                        v = res.node(g, plan)
-                    except ResolutionTooComplex as e:
-                        err = e
-                        continue
-                    if v == TRUE:
-                        return TRUE
-                    if v:
-                        out = UNKNOWN
-        if err is not None:
-            raise err
-        return out
+        return _any_target(res, d, todo)
 
     return ev
 
