@@ -6,6 +6,9 @@
 * :func:`death_signal_setter`: a ``preexec_fn`` that makes Linux signal a server when
   the test process that started it dies, even by ``SIGKILL``, so no server outlives
   its test run. ``None`` where that is not available (then only ``atexit`` cleans up).
+* :class:`SharedServer`: the process-wide server of one kind that tests use unless an
+  environment variable names one; started on first use, restarted if a test stopped
+  it, and a start failure remembered and reported (skip, or fail when required).
 """
 
 from __future__ import annotations
@@ -15,9 +18,17 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
+from typing import Generic, Protocol, Self, TypeVar
 
-__all__ = ["REQUIRE_SERVERS_ENV", "death_signal_setter", "free_port", "servers_required"]
+__all__ = [
+    "REQUIRE_SERVERS_ENV",
+    "SharedServer",
+    "death_signal_setter",
+    "free_port",
+    "servers_required",
+]
 
 #: When ``1``, a missing test server is an error rather than a skip.
 REQUIRE_SERVERS_ENV = "NEXUS_TEST_REQUIRE_SERVERS"
@@ -53,3 +64,86 @@ def death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
     return preexec
+
+
+class _Server(Protocol):
+    @property
+    def url(self) -> str: ...
+    @property
+    def running(self) -> bool: ...
+    def start(self) -> Self: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+class SharedServer(Generic[S]):
+    """The process-wide test server of one kind (see the module docstring).
+
+    ``make()`` builds an unstarted server whose ``start()`` raises ``unavailable`` when
+    it cannot run; ``env`` names the variable that points tests at an existing server
+    instead (its value, passed through ``normalize``, is the URL); ``what`` and
+    ``install`` word the messages (``no Redis server: set ... or install
+    redis-server``). Thread-safe."""
+
+    def __init__(self, make: Callable[[], S], unavailable: type[Exception], *, env: str,
+                 what: str, install: str,
+                 normalize: Callable[[str], str] = lambda url: url) -> None:  # fmt: skip
+        self._make = make
+        self._unavailable = unavailable
+        self._env = env
+        self._what = what
+        self._install = install
+        self._normalize = normalize
+        self._lock = threading.Lock()
+        self._server: S | None = None
+        self.error: str | None = None
+
+    def server(self) -> S | None:
+        """The shared server (started on first use; restarted on the same port if a
+        test stopped it), or ``None`` when ``env`` is set or no server could be started
+        (the reason is kept in :attr:`error`)."""
+        if os.environ.get(self._env, "").strip():
+            return None
+        with self._lock:
+            if self._server is None and self.error is None:
+                server = self._make()
+                try:
+                    self._server = server.start()
+                except self._unavailable as exc:
+                    server.close()
+                    self.error = str(exc)
+            if self._server is not None and not self._server.running:
+                self._server.start()
+            return self._server
+
+    def url(self) -> str | None:
+        """The URL of ``env`` or of the shared server; ``None`` when there is neither,
+        except that ``unavailable`` is raised when servers are required."""
+        env = os.environ.get(self._env, "").strip()
+        if env:
+            return self._normalize(env)
+        server = self.server()
+        if server is not None:
+            return server.url
+        if servers_required():
+            raise self._unavailable(f"{REQUIRE_SERVERS_ENV}=1 but {self._missing()}")
+        return None
+
+    def url_or_skip(self) -> str:
+        """:meth:`url` for tests: skips the test when there is no server, or fails it
+        when servers are required. Needs ``pytest``."""
+        import pytest
+
+        try:
+            url = self.url()
+        except self._unavailable as exc:
+            pytest.fail(str(exc))
+        if url is None:
+            pytest.skip(self._missing())
+        return url
+
+    def _missing(self) -> str:
+        return (f"no {self._what} server: set {self._env} or install {self._install} "
+                f"({self.error})")  # fmt: skip

@@ -39,6 +39,7 @@ from types import TracebackType
 
 from nexusfs.testing._servers import (
     REQUIRE_SERVERS_ENV,
+    SharedServer,
     death_signal_setter,
     free_port,
     servers_required,
@@ -283,9 +284,8 @@ class RedisServer:
         return f"RedisServer({self.host}:{self.port}, {state})"
 
 
-_shared_lock = threading.Lock()
-_shared: RedisServer | None = None
-_shared_error: str | None = None
+_SHARED = SharedServer(RedisServer, RedisUnavailable, env=REDIS_URL_ENV, what="Redis",
+                       install="redis-server")  # fmt: skip
 
 
 def shared_redis_server() -> RedisServer | None:
@@ -293,50 +293,17 @@ def shared_redis_server() -> RedisServer | None:
     or ``None`` when ``$NEXUS_TEST_REDIS_URL`` is set or no server could be started
     (the reason is remembered and reported by :func:`redis_url`). Tests that stop or
     pause a server should start their own :class:`RedisServer` instead."""
-    global _shared, _shared_error
-    if os.environ.get(REDIS_URL_ENV):
-        return None
-    with _shared_lock:
-        if _shared is None and _shared_error is None:
-            server = RedisServer()
-            try:
-                _shared = server.start()
-            except RedisUnavailable as exc:
-                server.close()
-                _shared_error = str(exc)
-        if _shared is not None and not _shared.running:
-            _shared.start()  # a test stopped it: bring it back on the same port
-        return _shared
+    return _SHARED.server()
 
 
 def redis_url() -> str | None:
     """The URL of a Redis server to test against (see the module docstring), or
     ``None``. Raises :class:`RedisUnavailable` instead of answering ``None`` when
     ``NEXUS_TEST_REQUIRE_SERVERS=1``."""
-    env = os.environ.get(REDIS_URL_ENV, "").strip()
-    if env:
-        return env
-    server = shared_redis_server()
-    if server is not None:
-        return server.url
-    if servers_required():
-        raise RedisUnavailable(
-            f"{REQUIRE_SERVERS_ENV}=1 but no Redis server: set {REDIS_URL_ENV} or install "
-            f"redis-server ({_shared_error})"
-        )
-    return None
+    return _SHARED.url()
 
 
 def redis_url_or_skip() -> str:
     """:func:`redis_url` for tests: skips the test when there is no server, or fails
     it when servers are required. Needs ``pytest``."""
-    import pytest
-
-    try:
-        url = redis_url()
-    except RedisUnavailable as exc:
-        pytest.fail(str(exc))
-    if url is None:
-        pytest.skip(f"no Redis server: set {REDIS_URL_ENV} or install redis-server "
-                    f"({_shared_error})")  # fmt: skip
-    return url
+    return _SHARED.url_or_skip()

@@ -49,6 +49,7 @@ from urllib.parse import urlencode, urlsplit
 
 from nexusfs.testing._servers import (
     REQUIRE_SERVERS_ENV,
+    SharedServer,
     death_signal_setter,
     free_port,
     servers_required,
@@ -243,9 +244,8 @@ class MotoServer:
         return f"MotoServer({self.url}, {'running' if self.running else 'stopped'})"
 
 
-_shared_lock = threading.Lock()
-_shared: MotoServer | None = None
-_shared_error: str | None = None
+_SHARED = SharedServer(MotoServer, S3Unavailable, env=S3_ENDPOINT_ENV, what="S3",
+                       install="moto[server]", normalize=lambda url: url.rstrip("/"))
 
 
 def shared_moto_server() -> MotoServer | None:
@@ -253,53 +253,20 @@ def shared_moto_server() -> MotoServer | None:
     use), or ``None`` when ``$NEXUS_TEST_S3_ENDPOINT`` is set or no server could be
     started (the reason is remembered and reported by :func:`s3_endpoint`). Tests that
     stop a server start their own :class:`MotoServer` instead."""
-    global _shared, _shared_error
-    if os.environ.get(S3_ENDPOINT_ENV, "").strip():
-        return None
-    with _shared_lock:
-        if _shared is None and _shared_error is None:
-            server = MotoServer()
-            try:
-                _shared = server.start()
-            except S3Unavailable as exc:
-                server.close()
-                _shared_error = str(exc)
-        if _shared is not None and not _shared.running:
-            _shared.start()  # stopped by someone: bring it back on the same port
-        return _shared
+    return _SHARED.server()
 
 
 def s3_endpoint() -> str | None:
     """The endpoint URL of an S3-compatible server to test against (see the module
     docstring), or ``None``. Raises :class:`S3Unavailable` instead of answering
     ``None`` when ``NEXUS_TEST_REQUIRE_SERVERS=1``."""
-    env = os.environ.get(S3_ENDPOINT_ENV, "").strip()
-    if env:
-        return env.rstrip("/")
-    server = shared_moto_server()
-    if server is not None:
-        return server.url
-    if servers_required():
-        raise S3Unavailable(
-            f"{REQUIRE_SERVERS_ENV}=1 but no S3 server: set {S3_ENDPOINT_ENV} or install "
-            f"moto[server] ({_shared_error})"
-        )
-    return None
+    return _SHARED.url()
 
 
 def s3_endpoint_or_skip() -> str:
     """:func:`s3_endpoint` for tests: skips the test when there is no server, or fails
     it when servers are required. Needs ``pytest``."""
-    import pytest
-
-    try:
-        endpoint = s3_endpoint()
-    except S3Unavailable as exc:
-        pytest.fail(str(exc))
-    if endpoint is None:
-        pytest.skip(f"no S3 server: set {S3_ENDPOINT_ENV} or install moto[server] "
-                    f"({_shared_error})")  # fmt: skip
-    return endpoint
+    return _SHARED.url_or_skip()
 
 
 def credentials_env() -> dict[str, str]:
