@@ -24,7 +24,7 @@ import pytest
 
 from nexusfs.abc import CacheState, CacheStoreABC
 from nexusfs.drivers.cachestore import open_cache_store
-from nexusfs.testing.redis import RedisServer, RedisUnavailable, servers_required
+from nexusfs.testing.redis import RedisServer, private_redis_server
 
 #: Short timeouts on purpose: an outage should cost one of these at most.
 OPTIONS: dict[str, Any] = {
@@ -40,16 +40,8 @@ PATIENCE = 20.0
 
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    try:
-        srv.start()
-    except RedisUnavailable as exc:
-        srv.close()
-        if servers_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield srv
-    srv.close()
+    with private_redis_server() as srv:
+        yield srv
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float = PATIENCE) -> bool:

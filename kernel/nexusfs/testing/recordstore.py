@@ -35,6 +35,7 @@ migration tests write their revision files to ``tmp_path`` and use the tables
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import textwrap
 import threading
@@ -70,6 +71,7 @@ __all__ = [
     "OpenSame",
     "RecordStoreContract",
     "assert_migrations_match",
+    "temporary_record_store_url",
     "write_revisions",
 ]
 
@@ -185,6 +187,25 @@ Table(
     Index("ix_nexus_contract_mig_notes_tag", "tag"),
 )  # fmt: skip
 Table("nexus_contract_mig_log", HEAD_METADATA, Column("revision", String(32)))
+
+
+@contextlib.contextmanager
+def temporary_record_store_url(kind: str, directory: Path) -> Iterator[str]:
+    """The URL of an empty record store for the block: ``"sqlite"`` a file in
+    ``directory``, ``"postgres"`` a fresh database on the test PostgreSQL server
+    (:func:`nexusfs.testing.postgres.require_postgres`), dropped afterwards.
+    ``ValueError`` for another ``kind``."""
+    if kind == "sqlite":
+        from nexusfs.drivers.recordstore import default_record_store_url
+
+        yield default_record_store_url(directory)
+    elif kind == "postgres":
+        from nexusfs.testing.postgres import temporary_database
+
+        with temporary_database() as url:
+            yield url
+    else:
+        raise ValueError(f"kind must be 'sqlite' or 'postgres', not {kind!r}")
 
 
 def assert_migrations_match(

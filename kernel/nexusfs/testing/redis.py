@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -51,6 +52,7 @@ __all__ = [
     "RedisServer",
     "RedisUnavailable",
     "free_port",
+    "private_redis_server",
     "redis_server_binary",
     "redis_url",
     "redis_url_or_skip",
@@ -307,3 +309,24 @@ def redis_url_or_skip() -> str:
     """:func:`redis_url` for tests: skips the test when there is no server, or fails
     it when servers are required. Needs ``pytest``."""
     return _SHARED.url_or_skip()
+
+
+@contextlib.contextmanager
+def private_redis_server() -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` of the caller's own (to stop, pause or kill), closed
+    after the block. In a test, no ``redis-server`` skips the test, or fails it when
+    servers are required. Needs ``pytest``."""
+    import pytest
+
+    srv = RedisServer()
+    try:
+        srv.start()
+    except RedisUnavailable as exc:
+        srv.close()
+        if servers_required():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield srv
+    finally:
+        srv.close()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hooks_testkit import Emitted, Service, ev, start_service
 
-from nexusfs.drivers.recordstore import SQLAlchemyRecordStore, default_record_store_url
-from nexusfs.testing.postgres import create_database, drop_database, require_postgres
+from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
+from nexusfs.testing.recordstore import temporary_record_store_url
 
 __all__ = ["Emitted", "Service", "ev", "start_service"]
 
@@ -22,14 +22,8 @@ __all__ = ["Emitted", "Service", "ev", "start_service"]
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A SQLite file in ``tmp_path``, or a fresh PostgreSQL database (dropped after the
     test)."""
-    if request.param == "sqlite":
-        yield default_record_store_url(tmp_path / "data")
-        return
-    url = create_database(require_postgres())
-    try:
+    with temporary_record_store_url(request.param, tmp_path / "data") as url:
         yield url
-    finally:
-        drop_database(url)
 
 
 @pytest.fixture

@@ -20,22 +20,14 @@ from hooks_testkit import Service, ev, start_service
 
 from nexusfs.drivers.cachestore import NullCacheStore, open_cache_store
 from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
-from nexusfs.testing.redis import RedisServer, RedisUnavailable, servers_required
+from nexusfs.testing.redis import RedisServer, private_redis_server
 from nexusfs_hooks.plugin import POLL_INTERVAL
 
 
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    try:
-        srv.start()
-    except RedisUnavailable as exc:
-        srv.close()
-        if servers_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield srv
-    srv.close()
+    with private_redis_server() as srv:
+        yield srv
 
 
 def post_later(service: Service, seq: int, delay: float) -> threading.Thread:

@@ -17,23 +17,17 @@ from rebac_service_kit import Starter, Worker, start_service
 
 import nexusfs
 from nexusfs.api import FileSystem
-from nexusfs.drivers.recordstore import SQLAlchemyRecordStore, default_record_store_url
-from nexusfs.testing.postgres import create_database, drop_database, require_postgres
-from nexusfs.testing.redis import RedisServer, RedisUnavailable, servers_required
+from nexusfs.drivers.recordstore import SQLAlchemyRecordStore
+from nexusfs.testing.recordstore import temporary_record_store_url
+from nexusfs.testing.redis import RedisServer, private_redis_server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A SQLite file in ``tmp_path``, or a fresh PostgreSQL database (dropped after the
     test)."""
-    if request.param == "sqlite":
-        yield default_record_store_url(tmp_path / "data")
-        return
-    url = create_database(require_postgres())
-    try:
+    with temporary_record_store_url(request.param, tmp_path / "data") as url:
         yield url
-    finally:
-        drop_database(url)
 
 
 @pytest.fixture
@@ -58,16 +52,8 @@ def service(store: SQLAlchemyRecordStore, kernel: FileSystem, tmp_path: Path) ->
 
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    try:
-        srv.start()
-    except RedisUnavailable as exc:
-        srv.close()
-        if servers_required():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield srv
-    srv.close()
+    with private_redis_server() as srv:
+        yield srv
 
 
 @pytest.fixture
