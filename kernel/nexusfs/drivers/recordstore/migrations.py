@@ -270,12 +270,7 @@ def _create_fresh(
         raise
     except Exception as exc:
         _rollback_quietly(conn)
-        cls = MigrationError
-        if isinstance(exc, OperationalError) and (
-            getattr(exc.orig, "sqlstate", None) == "55P03" or _is_lock_error(exc)
-        ):
-            cls = MigrationLockTimeout
-        raise cls(
+        raise _failure_class(exc)(
             f"creating the schema of {version_table!r} from its metadata failed; rolled "
             f"back, nothing changed: {type(exc).__name__}: {exc}",
             version_table=version_table,
@@ -312,6 +307,17 @@ def migration_lock_key(version_table: str) -> int:
 def _is_lock_error(exc: BaseException) -> bool:
     text_ = str(exc).lower()
     return "database is locked" in text_ or "lock timeout" in text_ or "lock_timeout" in text_
+
+
+def _failure_class(exc: BaseException) -> type[MigrationError]:
+    """The error a failed migration raises for its cause ``exc``: a lock wait that
+    timed out (PostgreSQL ``lock_not_available``, SQLite "database is locked") is
+    :class:`MigrationLockTimeout`, anything else :class:`MigrationError`."""
+    if isinstance(exc, OperationalError) and (
+        getattr(exc.orig, "sqlstate", None) == "55P03" or _is_lock_error(exc)
+    ):
+        return MigrationLockTimeout
+    return MigrationError
 
 
 def _begin_locked(engine: Engine, version_table: str, lock_timeout: float) -> Connection:
@@ -524,12 +530,7 @@ def run_migrations(
         _rollback_quietly(conn)
         failed = next((r for r in _plan(scripts, target, before) if r not in applied), None)
         where = f" in revision {failed!r}" if failed else ""
-        cls = MigrationError
-        if isinstance(exc, OperationalError) and (
-            getattr(exc.orig, "sqlstate", None) == "55P03" or _is_lock_error(exc)
-        ):
-            cls = MigrationLockTimeout
-        raise cls(
+        raise _failure_class(exc)(
             f"migrating {version_table!r} from {list(before) or 'an empty schema'} to "
             f"{target!r} failed{where}; rolled back, nothing changed: "
             f"{type(exc).__name__}: {exc}",
