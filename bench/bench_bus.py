@@ -3,12 +3,15 @@
     python bench/bench_bus.py [--quick]
 
 Measures, in one run (servers in separate processes):
-  (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99 - the baseline;
+  (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99 - the baseline; (a'')
+      the same with a client that polls for 50 us before it sleeps, as BlockingClient;
   (a') the event-loop floor: the same 8-byte blocking ping-pong against a minimal
        asyncio ``Protocol`` echo server on the event loop the bus server uses (no
        framing, no encoding, no dispatch) - what any asyncio server costs here;
-  (b) BlockingClient round trip to an anyio bus server: an ``async def`` handler without
-      ``await`` (served inline) and a plain handler - the targets;
+  (b) BlockingClient round trip to an anyio bus server that busy-polls after answering,
+      as a service worker's connection to the kernel does: an ``async def`` handler
+      without ``await`` (served inline) and a plain handler - the targets; and the same
+      with busy-polling off on both sides (each sleeps at once), for comparison;
   (b') an ``async def`` handler that does await (it runs in a task of its own);
   (c) async Connection round trip (anyio, same event loop choice);
   (d) pipelined throughput: BlockingClient.call_many and 64 concurrent async callers.
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "kernel"))
 
 from nexusfs.bus import BlockingClient, connect_unix, serve_unix  # noqa: E402
+from nexusfs.bus._busy_poll import busy_poll_limit  # noqa: E402
 from nexusfs.bus.runner import event_loop_name  # noqa: E402
 from nexusfs.bus.runner import run as run_loop  # noqa: E402
 
@@ -93,10 +98,11 @@ class EchoService:
         return x
 
 
-def serve_bus(path: str) -> None:
+def serve_bus(path: str, busy_poll: float) -> None:
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            await tg.start(serve_unix, path, lambda conn: EchoService())
+            await tg.start(partial(serve_unix, path, lambda conn: EchoService(),
+                                   busy_poll=busy_poll))
             print("ready", flush=True)
 
     run_loop(main)
@@ -130,8 +136,8 @@ def time_loop(fn: Callable[[], Any], n: int) -> list[float]:
     return out
 
 
-def measure_latencies(raw_path: str, floor_path: str, bus_path: str, n: int, rounds: int
-                      ) -> dict[str, tuple[float, float]]:
+def measure_latencies(raw_path: str, floor_path: str, bus_path: str, sleeping_path: str,
+                      n: int, rounds: int) -> dict[str, tuple[float, float]]:
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(raw_path)
     floor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -143,12 +149,26 @@ def measure_latencies(raw_path: str, floor_path: str, bus_path: str, n: int, rou
         while got < 8:
             got += len(sock.recv(8 - got))
 
+    def ping_polling(sock: socket.socket) -> None:
+        sock.sendall(b"12345678")
+        got = 0
+        until = time.perf_counter() + 50e-6
+        while got < 8:
+            try:
+                got += len(sock.recv(8 - got, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                if time.perf_counter() >= until:
+                    got += len(sock.recv(8 - got))
+
     client = BlockingClient(bus_path, timeout=30)
+    sleeper = BlockingClient(sleeping_path, timeout=30, busy_poll=0)
     cases: dict[str, Callable[[], Any]] = {
         "raw": lambda: ping(raw),
+        "raw_polling": lambda: ping_polling(raw),
         "floor": lambda: ping(floor),
         "bus_async": lambda: client.call("echo", x=1),
         "bus_sync": lambda: client.call("echo_sync", x=1),
+        "bus_sleeping": lambda: sleeper.call("echo", x=1),
         "bus_awaits": lambda: client.call("echo_awaits", x=1),
     }
     for fn in cases.values():  # warm up
@@ -161,6 +181,7 @@ def measure_latencies(raw_path: str, floor_path: str, bus_path: str, n: int, rou
             p50s[name].append(pct(samples, 0.5))
             p99s[name].append(pct(samples, 0.99))
     client.close()
+    sleeper.close()
     raw.close()
     floor.close()
     return {k: (statistics.median(p50s[k]), statistics.median(p99s[k])) for k in cases}
@@ -213,12 +234,16 @@ def main() -> int:
     ap.add_argument("--serve-raw", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--serve-bus", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--serve-floor", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-bus-sleeping", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_raw:
         serve_raw(args.serve_raw)
         return 0
-    if args.serve_bus:
-        serve_bus(args.serve_bus)
+    if args.serve_bus:  # polls like a service worker's connection to the kernel
+        serve_bus(args.serve_bus, busy_poll_limit())
+        return 0
+    if args.serve_bus_sleeping:
+        serve_bus(args.serve_bus_sleeping, 0.0)
         return 0
     if args.serve_floor:
         serve_floor(args.serve_floor)
@@ -229,9 +254,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nexus-bench-bus-") as tmp:
         raw_path, bus_path = os.path.join(tmp, "raw.sock"), os.path.join(tmp, "run", "bus.sock")
         floor_path = os.path.join(tmp, "floor.sock")
-        procs = [spawn("raw", raw_path), spawn("floor", floor_path), spawn("bus", bus_path)]
+        sleeping_path = os.path.join(tmp, "sleeping.sock")
+        procs = [spawn("raw", raw_path), spawn("floor", floor_path), spawn("bus", bus_path),
+                 spawn("bus-sleeping", sleeping_path)]
         try:
-            lat = measure_latencies(raw_path, floor_path, bus_path, n, rounds)
+            lat = measure_latencies(raw_path, floor_path, bus_path, sleeping_path, n, rounds)
             a50, a99, async_tput = measure_async(bus_path, n, batch)
             many_async = measure_call_many(bus_path, batch, "echo")
             many_sync = measure_call_many(bus_path, batch, "echo_sync")
@@ -250,6 +277,9 @@ def main() -> int:
     rows.append(("(a) raw socket ping-pong", f"{raw50:7.1f}", f"{raw99:7.1f}", "baseline"))
     rows.append(("(a') event-loop floor (8 bytes)", f"{floor50:7.1f}", f"{floor99:7.1f}",
                  f"{floor50 / raw50:4.1f}x raw  (no target: the floor)"))
+    p50, p99 = lat["raw_polling"]
+    rows.append(("(a'') raw ping-pong, busy-polling client", f"{p50:7.1f}", f"{p99:7.1f}",
+                 f"{p50 / raw50:4.1f}x raw  (no target: what polling saves)"))
     for key, label in (("bus_async", "async handler"), ("bus_sync", "plain handler")):
         p50, p99 = lat[key]
         ratio = p50 / raw50
@@ -257,6 +287,9 @@ def main() -> int:
         rows.append((f"(b) BlockingClient, {label}", f"{p50:7.1f}", f"{p99:7.1f}",
                      f"{ratio:4.1f}x raw, {p50 / floor50:4.1f}x floor  "
                      f"p50<={TARGET_P50_US:.0f}us & <={TARGET_RATIO:.0f}x {verdict(ok)}"))
+    p50, p99 = lat["bus_sleeping"]
+    rows.append(("(b) same, neither side busy-polls", f"{p50:7.1f}", f"{p99:7.1f}",
+                 f"{p50 / raw50:4.1f}x raw, {p50 / floor50:4.1f}x floor  (no target)"))
     p50, p99 = lat["bus_awaits"]
     rows.append(("(b') BlockingClient, awaiting handler", f"{p50:7.1f}", f"{p99:7.1f}",
                  f"{p50 / raw50:4.1f}x raw, {p50 / floor50:4.1f}x floor  (no target)"))
@@ -265,14 +298,14 @@ def main() -> int:
     print(f"\nbus benchmark ({'quick' if args.quick else 'full'}; {n} calls x {rounds} rounds; "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; "
           f"event loop {event_loop_name()})\n")
-    print(f"{'case':38} {'p50 us':>8} {'p99 us':>8}  result")
+    print(f"{'case':42} {'p50 us':>8} {'p99 us':>8}  result")
     for r in rows:
-        print(f"{r[0]:38} {r[1]:>8} {r[2]:>8}  {r[3]}")
-    print(f"\n{'throughput':38} {'calls/s':>17}  result")
+        print(f"{r[0]:42} {r[1]:>8} {r[2]:>8}  {r[3]}")
+    print(f"\n{'throughput':42} {'calls/s':>17}  result")
     for label, v in (("(d) call_many, async handler", many_async),
                      ("(d) call_many, plain handler", many_sync),
                      ("(d) 64 concurrent async callers", async_tput)):
-        print(f"{label:38} {v:17,.0f}  >={TARGET_CALLS_S:,.0f}/s "
+        print(f"{label:42} {v:17,.0f}  >={TARGET_CALLS_S:,.0f}/s "
               f"{verdict(v >= TARGET_CALLS_S)}")
     print(f"\ntotal {time.perf_counter() - t_start:.1f} s")
     return 0

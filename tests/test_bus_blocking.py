@@ -37,8 +37,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 # -- BlockingClient -----------------------------------------------------------------------
 
 
-def test_blocking_client_basics(tmp_path: Path) -> None:
-    with served_in_thread(tmp_path) as (path, services), BlockingClient(path) as c:
+#: The client's two read paths: sleeping in ``recv`` at once, and busy-polling (a window
+#: of a whole second, so every quick answer below is taken by the polling loop).
+BUSY_POLLS = [pytest.param(0.0, id="blocking-recv"), pytest.param(1.0, id="busy-poll")]
+
+
+@pytest.mark.parametrize("busy_poll", BUSY_POLLS)
+def test_blocking_client_basics(tmp_path: Path, busy_poll: float) -> None:
+    with served_in_thread(tmp_path) as (path, services), BlockingClient(
+        path, busy_poll=busy_poll
+    ) as c:
         assert c.call("echo", x=[1, "a", b"b", None]) == [1, "a", b"b", None]
         assert c.request("add", {"a": 1, "b": 2}) == 3
         with pytest.raises(NotFound):
@@ -64,8 +72,9 @@ def test_blocking_client_basics(tmp_path: Path) -> None:
         c.call("echo", x=1)
 
 
-def test_blocking_client_8_threads(tmp_path: Path) -> None:
-    with served_in_thread(tmp_path) as (path, _), BlockingClient(path) as c:
+@pytest.mark.parametrize("busy_poll", BUSY_POLLS)
+def test_blocking_client_8_threads(tmp_path: Path, busy_poll: float) -> None:
+    with served_in_thread(tmp_path) as (path, _), BlockingClient(path, busy_poll=busy_poll) as c:
         errors: list[BaseException] = []
 
         def worker(t: int) -> None:
@@ -84,12 +93,13 @@ def test_blocking_client_8_threads(tmp_path: Path) -> None:
         assert not errors and not any(th.is_alive() for th in threads)
 
 
-def test_blocking_client_connection_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy_poll", BUSY_POLLS)
+def test_blocking_client_connection_loss(tmp_path: Path, busy_poll: float) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = str(tmp_path / "dead.sock")
     listener.bind(path)
     listener.listen()
-    c = BlockingClient(path, timeout=30)
+    c = BlockingClient(path, timeout=30, busy_poll=busy_poll)
     peer, _ = listener.accept()
     errors: list[BaseException] = []
 
@@ -168,3 +178,4 @@ def test_service_error_codes_survive_the_wire() -> None:
 
     with pytest.raises(ValueError, match="already belongs to"):
         register_error(Impostor)
+

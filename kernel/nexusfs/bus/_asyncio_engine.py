@@ -18,6 +18,11 @@ objects per call at the minimum:
 * Deadlines of calls and of served requests are kept in two
   :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
   call); cancellation uses ``Task.cancel()``.
+* Busy-polling (only on a connection created with ``busy_poll``): after a read
+  callback wrote answers, the engine polls its socket for the peer's next request for
+  up to that window before it returns to the loop, and serves it on the spot, which
+  skips the loop's sleep and wake-up (see :mod:`~nexusfs.bus._busy_poll`; adaptive, and
+  never more than ``_POLL_BUDGET`` of serving per callback).
 * Writing: frames are queued whole and handed to the transport once per loop iteration
   (pipelined calls and answers coalesce); a call or answer with nothing else in flight
   is written at once, saving a loop iteration. The transport writes what the socket
@@ -42,10 +47,13 @@ import socket
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
+from socket import MSG_DONTWAIT
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from msgpack import unpackb as _unpackb
 
+from nexusfs.bus._busy_poll import BusyPoll
 from nexusfs.bus._deadlines import DeadlineQueue
 from nexusfs.bus._serve import (
     INLINE,
@@ -77,6 +85,9 @@ log = logging.getLogger("nexusfs.bus")
 
 _unpack_header = HEADER.unpack_from
 _RECV_SIZE: Final = 262144
+#: Longest a read callback keeps serving requests caught by busy-polling before it
+#: returns to the event loop (so other connections, timers and tasks wait at most this).
+_POLL_BUDGET: Final = 0.001
 _HIGH_WATER: Final = 4 * 1024 * 1024  # queued output bytes before senders wait
 #: Result types that are certainly not awaitable (skips ``inspect.isawaitable``).
 _WIRE_TYPES: Final = frozenset({dict, list, str, bytes, int, float, bool, type(None)})
@@ -113,6 +124,8 @@ class AsyncioEngine:
         self._paused = False  # the transport's buffer is above its high-water mark
         self._in_dispatch = False
         self._drained: asyncio.Event | None = None
+        self._busy_poll = BusyPoll(conn.busy_poll)
+        self._answered_at = 0.0  # when answers left with no poll to see the reply: 0 = none
 
     async def open(self) -> None:
         """Attach the loop's transport to (a duplicate of) the socket. Must complete
@@ -141,10 +154,59 @@ class AsyncioEngine:
             else:
                 self._done.set_result(reason)
 
-    def _on_data(self, n: int) -> None:
+    def _received(self, n: int) -> None:
         """``n`` bytes arrived in the receive buffer (``_Protocol.buffer_updated``)."""
+        answered = self._answered_at
+        if answered:  # the peer's first frame after our answers: how long it took
+            self._answered_at = 0.0
+            self._busy_poll.observe(perf_counter() - answered)
+        if self._on_data(n):
+            if self._busy_poll.active:
+                self._poll_next()
+            elif self._busy_poll.limit:
+                self._answered_at = perf_counter()  # keep observing: the peer may speed up
+
+    def _poll_next(self) -> None:
+        """Answers just left: poll the socket for the peer's next frame for up to the
+        busy-poll window (see :mod:`~nexusfs.bus._busy_poll`), and serve what arrives
+        right here, as long as that writes answers again, for at most ``_POLL_BUDGET``
+        in all (then the loop runs other work). The transport never sees these bytes:
+        they are read from the engine's own descriptor of the same socket and consumed
+        in full before this returns."""
+        poll, sock, view = self._busy_poll, self._sock, self._rview
+        answered = perf_counter()
+        budget_end = answered + _POLL_BUDGET
+        until = answered + poll.limit
+        while True:
+            try:
+                n = sock.recv_into(view, 0, MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                now = perf_counter()
+                if now < until:
+                    continue
+                self._answered_at = answered  # the next read observes the whole gap
+                return
+            except OSError as exc:
+                self._finish(f"read failed: {exc!r}")
+                return
+            now = perf_counter()
+            poll.observe(now - answered)
+            if n == 0:
+                self._finish(eof_reason(self._decoder, self._conn.name))
+                return
+            if not self._on_data(n) or self._done.done():
+                return  # (no answer written: the peer is not waiting for us)
+            if now >= budget_end or not poll.active:
+                self._answered_at = perf_counter()  # the loop's next read observes the gap
+                return
+            answered = perf_counter()
+            until = answered + poll.limit
+
+    def _on_data(self, n: int) -> bool:
+        """Serve the ``n`` bytes at the start of the receive buffer; whether answers (or
+        other frames) were written at once."""
         if self._shut or self._done.done():  # closing (e.g. after a protocol error)
-            return
+            return False
         rbuf = self._rbuf
         self._in_dispatch = True
         try:
@@ -165,6 +227,8 @@ class AsyncioEngine:
             self._in_dispatch = False
         if self._out and not self._flush_scheduled:
             self._flush()  # every answer of this read leaves in one write
+            return True
+        return False
 
     def _dispatch_frames(self, rbuf: bytearray, n: int) -> None:
         """Split, decode and dispatch the whole frames in ``rbuf[:n]`` (the hot path:
@@ -534,7 +598,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return self._engine._rview
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._engine._on_data(nbytes)
+        self._engine._received(nbytes)
 
     def eof_received(self) -> bool:
         engine = self._engine

@@ -19,11 +19,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from socket import MSG_DONTWAIT
+from time import perf_counter
 from typing import Any, NoReturn
 
 import msgpack
 from msgpack import unpackb
 
+from nexusfs.bus._busy_poll import BusyPoll
 from nexusfs.bus.protocol import (
     HEADER,
     DeadlineExceeded,
@@ -80,6 +83,7 @@ class ClientCore:
     _end: int
     _on_notify: Callable[[str, dict[str, Any]], None] | None
     _notes: queue.SimpleQueue[tuple[str, dict[str, Any]] | None]
+    _busy_poll: BusyPoll
 
     def _send_msg(self, msg: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -110,8 +114,35 @@ class ClientCore:
 
     def _lead(self, slot: Slot, deadline: float | None) -> None:
         """Leader only: read and dispatch until ``slot`` is done (the blocking path of
-        :meth:`_read_once`, in one loop: this is every call's hot path)."""
+        :meth:`_read_once`, in one loop: this is every call's hot path).
+
+        When recent answers came within the busy-poll window (see :class:`BusyPoll`),
+        the socket is first polled without blocking for up to that window: an answer
+        that lands while this thread still runs skips the sleep and wake-up."""
         sock = self._sock
+        poll = self._busy_poll
+        t0 = perf_counter()
+        if poll.limit and poll.average < poll.limit:  # (BusyPoll.active, inlined)
+            until = t0 + poll.limit
+            if deadline is not None:
+                until = min(until, t0 + (deadline - time.time()))
+            view = self._view
+            while not slot.done:
+                end = self._end
+                if end == len(self._buf):
+                    self._make_room()
+                    end = self._end
+                    view = self._view
+                try:
+                    n = sock.recv_into(view[end:], 0, MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    if perf_counter() >= until:
+                        break
+                    continue
+                except OSError as exc:
+                    self._fail(f"read failed: {exc!r}")
+                    raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
+                self._received(n)
         while not slot.done:
             if self._closed:
                 raise ServiceUnavailable(f"bus connection closed: {self._close_reason}")
@@ -136,17 +167,22 @@ class ClientCore:
             except OSError as exc:
                 self._fail(f"read failed: {exc!r}")
                 raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
-            if n == 0:
-                self._closed_by_peer()
-            self._end = end + n
-            try:
-                self._parse()
-            except (FrameTooLarge, ProtocolError) as exc:
-                self._fail(f"{type(exc).__name__}: {exc}")
-                raise ServiceUnavailable(f"bus connection lost: {exc}") from exc
-            if self._waiters:  # wake followers whose answers this read delivered
-                with self._cond:
-                    self._cond.notify_all()
+            self._received(n)
+        poll.observe(perf_counter() - t0)
+
+    def _received(self, n: int) -> None:
+        """``n`` bytes were read at ``_end``: parse and dispatch every whole frame."""
+        if n == 0:
+            self._closed_by_peer()
+        self._end += n
+        try:
+            self._parse()
+        except (FrameTooLarge, ProtocolError) as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+            raise ServiceUnavailable(f"bus connection lost: {exc}") from exc
+        if self._waiters:  # wake followers whose answers this read delivered
+            with self._cond:
+                self._cond.notify_all()
 
     def _closed_by_peer(self) -> NoReturn:
         reason = (
@@ -196,17 +232,7 @@ class ClientCore:
         except OSError as exc:
             self._fail(f"read failed: {exc!r}")
             raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
-        if n == 0:
-            self._closed_by_peer()
-        self._end += n
-        try:
-            self._parse()
-        except (FrameTooLarge, ProtocolError) as exc:
-            self._fail(f"{type(exc).__name__}: {exc}")
-            raise ServiceUnavailable(f"bus connection lost: {exc}") from exc
-        if self._waiters:  # wake followers whose answers this read delivered
-            with self._cond:
-                self._cond.notify_all()
+        self._received(n)
         return True
 
     def _make_room(self) -> None:

@@ -87,14 +87,16 @@ async def serve_unix(
     default_timeout: float | None = None,
     allowed_uids: Collection[int] | None = None,
     portable: bool = False,
+    busy_poll: float = 0.0,
     task_status: anyio.abc.TaskStatus[Path] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``path`` and run a :class:`Connection` per accepted peer until
     cancelled. Use ``await tg.start(serve_unix, path, factory)`` to wait until it
     listens (``start`` returns the socket path).
 
-    ``allowed_uids`` defaults to ``{os.getuid(), 0}``. Raises ``OSError`` if the path is
-    held by a live server or cannot be bound; never raises because of a client.
+    ``allowed_uids`` defaults to ``{os.getuid(), 0}``; ``busy_poll``: see
+    :class:`Connection` (each connection polls on its own). Raises ``OSError`` if the
+    path is held by a live server or cannot be bound; never raises because of a client.
     """
     sock_path = Path(path)
     _prepare_path(sock_path)
@@ -120,6 +122,7 @@ async def serve_unix(
                     default_timeout,
                     str(sock_path),
                     portable,
+                    busy_poll,
                 )
     finally:
         with contextlib.suppress(OSError):
@@ -136,6 +139,7 @@ async def _serve_connection(
     default_timeout: float | None,
     name: str,
     portable: bool,
+    busy_poll: float,
 ) -> None:
     try:
         raw = stream.extra(SocketAttribute.raw_socket)
@@ -151,6 +155,7 @@ async def _serve_connection(
             default_timeout=default_timeout,
             name=f"{name}[pid {pid}]",
             portable=portable,
+            busy_poll=busy_poll,
         )
         try:
             handlers = handler_factory(conn)
@@ -177,12 +182,13 @@ async def connect_unix(
     default_timeout: float | None = None,
     portable: bool = False,
     connect_timeout: float = 0.0,
+    busy_poll: float = 0.0,
 ) -> AsyncIterator[Connection]:
     """``async with connect_unix(path, handlers) as conn:`` - an async bus client whose
     ``handlers`` serve the server's calls back. Raises :class:`ServiceUnavailable` if
     nothing listens at ``path`` (after ``connect_timeout`` seconds of retrying while the
     socket is missing or refuses: a server that is still starting); the connection is
-    closed when the block exits."""
+    closed when the block exits. ``busy_poll``: see :class:`Connection`."""
     deadline = time.monotonic() + connect_timeout
     while True:
         try:
@@ -201,5 +207,6 @@ async def connect_unix(
         default_timeout=default_timeout,
         name=f"client {path}",
         portable=portable,
+        busy_poll=busy_poll,
     ) as conn:
         yield conn

@@ -57,6 +57,7 @@ import anyio
 import pluggy
 
 from nexusfs.bus import Connection, connect_unix
+from nexusfs.bus._busy_poll import busy_poll_limit
 from nexusfs.bus.runner import preload as preload_loop
 from nexusfs.bus.runner import run as run_loop
 from nexusfs.drivers.cachestore import open_cache_store
@@ -136,7 +137,9 @@ class Worker:
         self.threads = ThreadRunner(32, name=f"{self.name}-thread")
         base = {"service.ping": self._ping, "service.stop": self._stop}
         # A worker the daemon prestarted may be up before the host listens: wait for it.
-        async with connect_unix(socket_path, base, connect_timeout=CONNECT_TIMEOUT) as conn:
+        # The kernel is the only peer of this loop: poll for its next call after answering.
+        async with connect_unix(socket_path, base, connect_timeout=CONNECT_TIMEOUT,
+                                busy_poll=busy_poll_limit()) as conn:
             info = self.info
             try:
                 config = await conn.call(
@@ -300,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     token = a.token or os.environ.pop(TOKEN_ENV, None)
     try:
         preload_loop()  # before the standby wait: activation must not pay the import
+        busy_poll_limit()  # (a bad $NEXUS_BUS_BUSY_POLL_US is a load failure, not a crash)
     except ConfigError as exc:
         print(f"cannot start service {a.name!r}: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOAD_FAILED

@@ -1,0 +1,69 @@
+"""Busy-polling: wait for a quick answer without going to sleep.
+
+On a blocking ``recv`` or an idle event loop, the waiting thread sleeps and the kernel
+wakes it when data arrives; on a virtual machine each sleep and wake-up costs several
+microseconds (the idle vCPU halts and must be woken by an interrupt), which is most of a
+local bus round trip. Polling the socket without blocking for a short window avoids
+both when the peer answers quickly, at the price of the CPU time spent polling.
+
+:class:`BusyPoll` is the adaptive policy (like an adaptive mutex's spin): poll only while
+the running average of recent waits is below the window, so a peer that usually takes
+longer is waited for by sleeping at once, and no wait polls longer than the window.
+:func:`busy_poll_limit` reads the window from ``$NEXUS_BUS_BUSY_POLL_US``.
+
+Two places use it: :class:`~nexusfs.bus.client.BlockingClient` polls for the answer of
+its call (the calling thread has nothing else to do), and a
+:class:`~nexusfs.bus.connection.Connection` created with ``busy_poll`` polls, after it
+wrote answers, for the peer's next request (service workers, whose event loop serves
+one connection: the kernel's).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from nexusfs.errors import ConfigError
+
+__all__ = ["BUSY_POLL_ENV", "DEFAULT_BUSY_POLL", "BusyPoll", "busy_poll_limit"]
+
+BUSY_POLL_ENV: Final = "NEXUS_BUS_BUSY_POLL_US"
+DEFAULT_BUSY_POLL: Final = 50e-6
+
+
+def busy_poll_limit() -> float:
+    """The busy-poll window in seconds from ``$NEXUS_BUS_BUSY_POLL_US`` (microseconds;
+    unset or empty: 50 us; 0 disables). ``ConfigError`` if it is not a number >= 0."""
+    raw = os.environ.get(BUSY_POLL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUSY_POLL
+    try:
+        us = float(raw)
+    except ValueError:
+        us = -1.0
+    if not (0 <= us < 1e6):
+        raise ConfigError(
+            f"{BUSY_POLL_ENV}={raw!r}: expected microseconds, a number from 0 to 999999")
+    return us * 1e-6
+
+
+class BusyPoll:
+    """The adaptive policy of one waiter: poll for at most ``limit`` seconds, and only
+    while :attr:`average` (an EWMA, weight 1/8, of the recent waits passed to
+    :meth:`observe`) is below ``limit``. ``limit`` 0 disables polling. Not thread-safe:
+    one per waiter (a client's reading thread, a connection's read callback)."""
+
+    __slots__ = ("average", "limit")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.average = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether the next wait should poll."""
+        return self.limit > 0 and self.average < self.limit
+
+    def observe(self, waited: float) -> None:
+        """Record how long a wait took (seconds), polled or not."""
+        self.average += (waited - self.average) * 0.125

@@ -1,0 +1,207 @@
+"""Tests of busy-polling on the bus (nexusfs.bus._busy_poll): the adaptive policy, its
+setting, the BlockingClient's polling for answers (its read paths are also covered by
+the BlockingClient tests, parametrised over both), and a polling connection's serving of
+requests that arrive while it polls: partial, pipelined and bad frames, end of stream,
+fairness towards other connections, and giving up on slow peers. Timing bounds are
+generous."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bus_testkit import (
+    assert_closed_by_peer,
+    frame,
+    raw_connect,
+    read_frame,
+    served_in_thread,
+)
+from nexusfs.bus import BlockingClient
+from nexusfs.bus import _asyncio_engine as engine_module
+from nexusfs.bus._busy_poll import BusyPoll, busy_poll_limit
+from nexusfs.errors import ConfigError
+
+KERNEL = Path(__file__).resolve().parent.parent / "kernel"
+
+
+def req(rid: int, method: str = "echo", **args: object) -> bytes:
+    return frame({"t": "req", "id": rid, "m": method, "a": args, "d": None})
+
+
+# -- the policy and its setting ---------------------------------------------------------
+
+
+def test_policy_follows_recent_wait_times() -> None:
+    poll = BusyPoll(50e-6)
+    assert poll.active
+    for _ in range(20):
+        poll.observe(20e-6)
+    assert poll.active  # quick answers: the next wait polls
+    for _ in range(20):
+        poll.observe(400e-6)
+    assert not poll.active  # slow ones: it sleeps at once
+    for _ in range(40):
+        poll.observe(20e-6)
+    assert poll.active  # and polls again once they are quick again
+    assert not BusyPoll(0.0).active
+
+
+def test_window_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEXUS_BUS_BUSY_POLL_US", raising=False)
+    assert busy_poll_limit() == pytest.approx(50e-6)
+    monkeypatch.setenv("NEXUS_BUS_BUSY_POLL_US", "0")
+    assert busy_poll_limit() == 0.0
+    monkeypatch.setenv("NEXUS_BUS_BUSY_POLL_US", "120")
+    assert busy_poll_limit() == pytest.approx(120e-6)
+    for bad in ("fast", "-1", "nan", "1e9"):
+        monkeypatch.setenv("NEXUS_BUS_BUSY_POLL_US", bad)
+        with pytest.raises(ConfigError, match="NEXUS_BUS_BUSY_POLL_US"):
+            busy_poll_limit()
+        with pytest.raises(ConfigError):
+            BlockingClient("/nonexistent.sock")
+
+
+def test_worker_with_a_bad_window_fails_to_load(tmp_path: Path) -> None:
+    """A service worker checks the setting before anything else and reports it as a
+    load failure (exit 3, one clear line), not a crash."""
+    env = {**os.environ, "NEXUS_BUS_BUSY_POLL_US": "soon", "PYTHONPATH": str(KERNEL)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nexusfs.services.worker", "--name", "hooks",
+         "--socket", str(tmp_path / "none.sock"), "--state-dir", str(tmp_path / "state"),
+         "--token", "t"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "NEXUS_BUS_BUSY_POLL_US='soon'" in proc.stderr
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+def test_slow_answers_stop_the_client_polling(tmp_path: Path) -> None:
+    """A client whose calls take longer than its window soon sleeps at once instead of
+    burning CPU polling for every call."""
+    with served_in_thread(tmp_path) as (path, _), BlockingClient(path, busy_poll=0.005) as c:
+        cpu0 = time.thread_time()
+        for i in range(40):
+            assert c.call("delayed", i=i, delay=0.02) == i
+        spent = time.thread_time() - cpu0
+    # Polling every call for its whole 5 ms window would cost 200 ms of CPU.
+    assert spent < 0.1, f"{spent * 1e3:.0f} ms of CPU for 40 slow calls"
+
+
+# -- a polling connection --------------------------------------------------------------
+
+
+def test_polling_server_serves_what_arrives_while_it_polls(tmp_path: Path) -> None:
+    """Within the window (here 200 ms) every byte after an answer is read by the polling
+    loop: a frame in pieces, a pipelined burst, a notification, then garbage."""
+    with served_in_thread(tmp_path, busy_poll=0.2) as (path, services):
+        s = raw_connect(path)
+        s.sendall(req(1, x=1))
+        assert read_frame(s) == {"t": "res", "id": 1, "r": 1}
+        whole = req(2, x="a" * 1000)
+        s.sendall(whole[:3])  # not even a whole header
+        time.sleep(0.01)
+        s.sendall(whole[3:500])
+        time.sleep(0.01)
+        s.sendall(whole[500:])
+        assert read_frame(s) == {"t": "res", "id": 2, "r": "a" * 1000}
+        s.sendall(b"".join(req(100 + i, "add", a=i, b=1) for i in range(200)))
+        got = [read_frame(s) for _ in range(200)]
+        assert sorted(m["r"] for m in got) == [i + 1 for i in range(200)]
+        big = "z" * (1 << 20)  # larger than one read: the rest comes in later reads
+        s.sendall(req(3, x=big))
+        assert read_frame(s) == {"t": "res", "id": 3, "r": big}
+        s.sendall(frame({"t": "note", "m": "note_plain", "a": {"v": 7}}))
+        s.sendall(req(4, x=4))
+        assert read_frame(s) == {"t": "res", "id": 4, "r": 4}
+        assert 1007 in services[0].order
+        s.sendall(b"\x00\x00\x00\x02\xc1\xc1")  # a frame of invalid msgpack
+        assert_closed_by_peer(s)
+        s.close()
+        with BlockingClient(path) as c:  # the server is unharmed
+            assert c.call("echo", x="still here") == "still here"
+
+
+def test_polling_server_sees_the_peer_leave_while_it_polls(tmp_path: Path) -> None:
+    with served_in_thread(tmp_path, busy_poll=0.2) as (path, _):
+        for i in range(5):
+            s = raw_connect(path)
+            s.sendall(req(1, x=i))
+            assert read_frame(s) == {"t": "res", "id": 1, "r": i}
+            s.close()  # EOF arrives during the window
+        with BlockingClient(path) as c:
+            assert c.call("echo", x="ok") == "ok"
+
+
+_HAMMER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from nexusfs.bus import BlockingClient
+c = BlockingClient(sys.argv[1], busy_poll=0.001)
+print("go", flush=True)
+end = time.monotonic() + 3.0
+while time.monotonic() < end:
+    c.call("echo", x=1)
+"""
+
+
+@pytest.mark.parametrize("budget", [pytest.param(None, id="budget"),
+                                    pytest.param(60.0, id="no-budget-must-fail")])
+def test_polling_server_stays_fair(tmp_path: Path, budget: float | None,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer calling in a tight loop keeps its connection polling, but the loop still
+    serves another connection within a few milliseconds (``_POLL_BUDGET`` of serving per
+    read, then back to the loop). The second case takes the budget away to show that
+    the test can fail."""
+    if budget is not None:
+        monkeypatch.setattr(engine_module, "_POLL_BUDGET", budget)
+    with served_in_thread(tmp_path, busy_poll=0.05) as (path, _):
+        hammer = subprocess.Popen([sys.executable, "-c", _HAMMER, str(path), str(KERNEL)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert hammer.stdout is not None and hammer.stdout.readline().strip() == "go"
+            time.sleep(0.3)
+            worst = 0.0
+            with BlockingClient(path, busy_poll=0) as c:
+                for i in range(20):
+                    t0 = time.perf_counter()
+                    assert c.call("echo", x=i) == i
+                    worst = max(worst, time.perf_counter() - t0)
+                    time.sleep(0.02)
+        finally:
+            hammer.kill()
+            hammer.wait()
+    if budget is None:
+        assert worst < 0.5, f"a call waited {worst * 1e3:.0f} ms behind a polling peer"
+    else:
+        assert worst > 0.5, "without the budget the other connection should starve"
+
+
+def test_polling_server_stops_polling_for_slow_peers(tmp_path: Path) -> None:
+    """A peer whose next call comes later than the window is waited for by the loop
+    (asleep), not by polling: 40 calls 20 ms apart cost far less than 40 windows. The
+    server keeps measuring, and polls again once the peer calls quickly again."""
+    with served_in_thread(tmp_path, busy_poll=0.005) as (path, services), BlockingClient(
+        path, busy_poll=0
+    ) as c:
+        c.call("echo", x=0)
+        cpu0 = time.process_time()
+        for i in range(40):
+            time.sleep(0.02)
+            assert c.call("echo", x=i) == i
+        spent = time.process_time() - cpu0
+        engine = services[0].conn._engine  # type: ignore[union-attr]
+        assert isinstance(engine, engine_module.AsyncioEngine)
+        assert not engine._busy_poll.active
+        for i in range(60):  # the peer speeds up: polling resumes
+            assert c.call("echo", x=i) == i
+        assert engine._busy_poll.active
+    assert spent < 0.12, f"{spent * 1e3:.0f} ms of CPU: the server kept polling"
