@@ -1,18 +1,23 @@
 """Tests of busy-polling on the bus (nexusfs.bus._busy_poll): the adaptive policy, its
 setting, the BlockingClient's polling for answers (its read paths are also covered by
-the BlockingClient tests, parametrised over both), and a polling connection's serving of
-requests that arrive while it polls: partial, pipelined and bad frames, end of stream,
-fairness towards other connections, and giving up on slow peers. Timing bounds are
-generous."""
+the BlockingClient tests, parametrised over both), a polling connection's serving of
+requests that arrive while it polls (partial, pipelined and bad frames, end of stream,
+fairness towards other connections, giving up on slow peers), and a polling async
+caller (answers, errors, calls back from the peer, deadlines, the peer leaving).
+Timing bounds are generous."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from bus_testkit import (
@@ -22,10 +27,16 @@ from bus_testkit import (
     read_frame,
     served_in_thread,
 )
-from nexusfs.bus import BlockingClient
+from nexusfs.bus import (
+    BlockingClient,
+    Connection,
+    DeadlineExceeded,
+    InternalError,
+    connect_unix,
+)
 from nexusfs.bus import _asyncio_engine as engine_module
 from nexusfs.bus._busy_poll import BusyPoll, busy_poll_limit
-from nexusfs.errors import ConfigError
+from nexusfs.errors import ConfigError, NotFound, ServiceUnavailable
 
 KERNEL = Path(__file__).resolve().parent.parent / "kernel"
 
@@ -37,19 +48,24 @@ def req(rid: int, method: str = "echo", **args: object) -> bytes:
 # -- the policy and its setting ---------------------------------------------------------
 
 
-def test_policy_follows_recent_wait_times() -> None:
+def test_policy_follows_recent_polled_waits() -> None:
     poll = BusyPoll(50e-6)
-    assert poll.active
+    assert poll.should_poll()
     for _ in range(20):
         poll.observe(20e-6)
-    assert poll.active  # quick answers: the next wait polls
+    assert poll.active and poll.should_poll()  # quick answers: every wait polls
     for _ in range(20):
         poll.observe(400e-6)
-    assert not poll.active  # slow ones: it sleeps at once
-    for _ in range(40):
-        poll.observe(20e-6)
-    assert poll.active  # and polls again once they are quick again
-    assert not BusyPoll(0.0).active
+    assert not poll.active  # slow ones: waits sleep at once, but for one probe in 16
+    polled = [poll.should_poll() for _ in range(4 * BusyPoll.PROBE_EVERY)]
+    assert sum(polled) == 4
+    probes = 0
+    while not poll.active:  # the probes find quick answers again: polling resumes
+        if poll.should_poll():
+            probes += 1
+            poll.observe(20e-6)
+    assert 0 < probes < 40
+    assert not BusyPoll(0.0).should_poll() and not BusyPoll(0.0).active
 
 
 def test_window_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +217,114 @@ def test_polling_server_stops_polling_for_slow_peers(tmp_path: Path) -> None:
         engine = services[0].conn._engine  # type: ignore[union-attr]
         assert isinstance(engine, engine_module.AsyncioEngine)
         assert not engine._busy_poll.active
-        for i in range(60):  # the peer speeds up: polling resumes
+        for i in range(400):  # the peer speeds up: probes find out, polling resumes
             assert c.call("echo", x=i) == i
         assert engine._busy_poll.active
     assert spent < 0.12, f"{spent * 1e3:.0f} ms of CPU: the server kept polling"
+
+
+# -- a polling caller (the kernel's connection to its workers) ----------------------------
+
+
+def _async_client(path: Path, busy_poll: float, body: Any) -> Any:
+    """Run ``body(conn)`` on a fresh event loop (this thread) with a polling async
+    client connection to ``path``."""
+
+    async def main() -> Any:
+        handlers = {"client_double": lambda x: 2 * x}
+        async with connect_unix(path, handlers, busy_poll=busy_poll) as conn:
+            return await body(conn)
+
+    return anyio.run(main)
+
+
+def test_polling_caller_gets_answers_errors_and_calls_back(tmp_path: Path) -> None:
+    """With a window of a whole second every answer below is taken by the caller's
+    polling loop, including a call from the server back to the caller made while the
+    caller polls (served on the spot), errors, and pipelined calls (not polled)."""
+
+    async def body(conn: Connection) -> list[Any]:
+        out = [await conn.call("echo", x=1), await conn.call("add", a=2, b=3)]
+        out.append(await conn.call("ask_back", x=20))  # server -> caller -> server
+        with pytest.raises(InternalError):
+            await conn.call("boom")
+        with pytest.raises(NotFound):
+            await conn.call("missing", path="/x")
+        async with anyio.create_task_group() as tg:
+            got: list[int] = []
+
+            async def one(i: int) -> None:
+                got.append(await conn.call("add", a=i, b=1))
+
+            for i in range(50):
+                tg.start_soon(one, i)
+        out.append(sorted(got) == [i + 1 for i in range(50)])
+        out.append(await conn.call("echo", x="z" * (1 << 20)) == "z" * (1 << 20))
+        return out
+
+    with served_in_thread(tmp_path) as (path, _):
+        assert _async_client(path, 1.0, body) == [1, 5, 41, True, True]
+
+
+def test_polling_caller_keeps_its_deadline(tmp_path: Path) -> None:
+    """A call polls at most until its deadline, even with a longer window (the peer
+    here reads the request and never answers, not even with deadline_exceeded)."""
+    path = tmp_path / "silent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    done = threading.Event()
+
+    def silent() -> None:
+        peer, _ = listener.accept()
+        peer.recv(65536)
+        done.wait(30)
+        peer.close()
+
+    th = threading.Thread(target=silent)
+    th.start()
+
+    async def body(conn: Connection) -> float:
+        t0 = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await conn.call("echo", x=1, timeout=0.1)
+        return time.perf_counter() - t0
+
+    try:
+        took = _async_client(path, 3.0, body)
+    finally:
+        done.set()
+        th.join(10)
+        listener.close()
+    assert took < 1.5, f"the deadline of 0.1 s was kept only after {took:.2f} s"
+
+
+def test_polling_caller_sees_the_peer_leave(tmp_path: Path) -> None:
+    """The server dies while the caller polls for its answer: the call fails at once
+    with ServiceUnavailable (the poll reads the end of stream itself)."""
+    path = tmp_path / "dying.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def die_after_request() -> None:
+        peer, _ = listener.accept()
+        peer.recv(65536)
+        time.sleep(0.05)
+        peer.close()
+
+    th = threading.Thread(target=die_after_request)
+    th.start()
+
+    async def body(conn: Connection) -> float:
+        t0 = time.perf_counter()
+        with pytest.raises(ServiceUnavailable):
+            await conn.call("echo", x=1, timeout=30)
+        return time.perf_counter() - t0
+
+    try:
+        took = _async_client(path, 5.0, body)
+    finally:
+        th.join(10)
+        listener.close()
+    assert took < 2.0

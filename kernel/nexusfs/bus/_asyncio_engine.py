@@ -18,11 +18,13 @@ objects per call at the minimum:
 * Deadlines of calls and of served requests are kept in two
   :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
   call); cancellation uses ``Task.cancel()``.
-* Busy-polling (only on a connection created with ``busy_poll``): after a read
-  callback wrote answers, the engine polls its socket for the peer's next request for
-  up to that window before it returns to the loop, and serves it on the spot, which
-  skips the loop's sleep and wake-up (see :mod:`~nexusfs.bus._busy_poll`; adaptive, and
-  never more than ``_POLL_BUDGET`` of serving per callback).
+* Busy-polling (only on a connection created with ``busy_poll``, and only while no
+  other call or served task is in progress in this process, see :class:`_Work`):
+  after a read callback wrote answers, the engine polls its socket for the peer's next
+  request for up to that window before it returns to the loop, and serves it on the
+  spot; a call polls for its answer before it awaits it. Either skips the loop's sleep
+  and wake-up (see :mod:`~nexusfs.bus._busy_poll`; adaptive, and never more than
+  ``_POLL_BUDGET`` of serving per callback).
 * Writing: frames are queued whole and handed to the transport once per loop iteration
   (pipelined calls and answers coalesce); a call or answer with nothing else in flight
   is written at once, saving a loop iteration. The transport writes what the socket
@@ -93,6 +95,29 @@ _HIGH_WATER: Final = 4 * 1024 * 1024  # queued output bytes before senders wait
 _WIRE_TYPES: Final = frozenset({dict, list, str, bytes, int, float, bool, type(None)})
 
 
+class _Work:
+    """What is in progress on the bus in this process: calls awaiting an answer and
+    requests served in tasks of their own (all connections). Busy-polling blocks the
+    event loop, so an engine polls only while nothing else is in progress (an
+    approximation: other loop work, such as timers, is not counted and waits at most one
+    busy-poll window)."""
+
+    __slots__ = ("calls", "tasks")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.tasks = 0
+
+    def idle(self, calls: int) -> bool:
+        return self.calls == calls and self.tasks == 0
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks -= 1
+
+
+_work: Final = _Work()
+
+
 class _CallExpired(DeadlineExceeded):
     """Set on a call's future when its deadline passes (re-raised with the method)."""
 
@@ -124,8 +149,9 @@ class AsyncioEngine:
         self._paused = False  # the transport's buffer is above its high-water mark
         self._in_dispatch = False
         self._drained: asyncio.Event | None = None
-        self._busy_poll = BusyPoll(conn.busy_poll)
-        self._answered_at = 0.0  # when answers left with no poll to see the reply: 0 = none
+        self._busy_poll = BusyPoll(conn.busy_poll)  # for the peer's next request
+        self._answer_poll = BusyPoll(conn.busy_poll)  # for the answer to our own call
+        self._answered_at = 0.0  # start of a poll that timed out, 0: none
 
     async def open(self) -> None:
         """Attach the loop's transport to (a duplicate of) the socket. Must complete
@@ -157,14 +183,12 @@ class AsyncioEngine:
     def _received(self, n: int) -> None:
         """``n`` bytes arrived in the receive buffer (``_Protocol.buffer_updated``)."""
         answered = self._answered_at
-        if answered:  # the peer's first frame after our answers: how long it took
+        if answered:  # the first frame after a poll that timed out: the whole wait
             self._answered_at = 0.0
             self._busy_poll.observe(perf_counter() - answered)
-        if self._on_data(n):
-            if self._busy_poll.active:
-                self._poll_next()
-            elif self._busy_poll.limit:
-                self._answered_at = perf_counter()  # keep observing: the peer may speed up
+        if self._on_data(n) and self._busy_poll.limit and _work.idle(0) and (
+                self._busy_poll.should_poll()):
+            self._poll_next()
 
     def _poll_next(self) -> None:
         """Answers just left: poll the socket for the peer's next frame for up to the
@@ -196,8 +220,7 @@ class AsyncioEngine:
                 return
             if not self._on_data(n) or self._done.done():
                 return  # (no answer written: the peer is not waiting for us)
-            if now >= budget_end or not poll.active:
-                self._answered_at = perf_counter()  # the loop's next read observes the gap
+            if now >= budget_end or not _work.idle(0) or not poll.should_poll():
                 return
             answered = perf_counter()
             until = answered + poll.limit
@@ -302,21 +325,61 @@ class AsyncioEngine:
         if d is not None:
             self._call_deadlines.add(d, rid, fut)
         out = self._out
-        if not out and len(calls) == 1 and not self._in_dispatch:
-            self._send_now(frame)  # the only call in flight: nothing to coalesce with
-        else:  # pipelined: one write per loop iteration (the write() path, inlined)
-            out.append(frame)
-            self._out_size += len(frame)
-            if not (self._flush_scheduled or self._in_dispatch):
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+        work = _work
+        work.calls += 1
         try:
-            return await fut
+            if not out and len(calls) == 1 and not self._in_dispatch:
+                self._send_now(frame)  # the only call in flight: nothing to coalesce with
+                poll = self._answer_poll
+                if (poll.limit and work.calls == 1 and work.tasks <= 1
+                        and poll.should_poll()):
+                    t0 = perf_counter()
+                    self._poll_answer(fut, t0, d)
+                else:
+                    t0 = 0.0
+            else:  # pipelined: one write per loop iteration (the write() path, inlined)
+                t0 = 0.0
+                out.append(frame)
+                self._out_size += len(frame)
+                if not (self._flush_scheduled or self._in_dispatch):
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+            result = await fut
+            if t0:
+                self._answer_poll.observe(perf_counter() - t0)
+            return result
         except _CallExpired:
             raise DeadlineExceeded(f"{method}: deadline exceeded") from None
         finally:
+            work.calls -= 1
             if calls.pop(rid, None) is not None:  # given up (cancelled): tell the peer
                 self._send_cancel(rid)
+
+    def _poll_answer(self, fut: asyncio.Future[Any], t0: float, d: float | None) -> None:
+        """The only call in flight and no other work in progress in this process: poll
+        the socket for its answer for up to the busy-poll window (or the call's
+        deadline ``d``, if sooner) before the caller awaits it, dispatching whatever
+        arrives (as the transport would)."""
+        sock, view = self._sock, self._rview
+        until = t0 + self._answer_poll.limit
+        if d is not None:
+            until = min(until, t0 + (d - time.time()))
+        while not fut.done():
+            try:
+                n = sock.recv_into(view, 0, MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                if perf_counter() >= until:
+                    return
+                continue
+            except OSError as exc:
+                self._finish(f"read failed: {exc!r}")
+                return
+            if n == 0:
+                self._finish(eof_reason(self._decoder, self._conn.name))
+                return
+            self._on_data(n)
+            if self._done.done():
+                return
 
     def _answer(self, msg: dict[str, Any]) -> None:
         fut = self._calls.pop(msg["id"], None)
@@ -384,6 +447,8 @@ class AsyncioEngine:
         task = self._loop.create_task(self._serve(rid, method, fn, args, work))
         self._serving[rid] = task
         self._tasks.add(task)
+        _work.tasks += 1
+        task.add_done_callback(_work.task_done)  # (also when cancelled before it ran)
         if d is not None:
             self._serve_deadlines.add(d, rid, task)
 

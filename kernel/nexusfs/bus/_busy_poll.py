@@ -48,22 +48,45 @@ def busy_poll_limit() -> float:
 
 
 class BusyPoll:
-    """The adaptive policy of one waiter: poll for at most ``limit`` seconds, and only
-    while :attr:`average` (an EWMA, weight 1/8, of the recent waits passed to
-    :meth:`observe`) is below ``limit``. ``limit`` 0 disables polling. Not thread-safe:
-    one per waiter (a client's reading thread, a connection's read callback)."""
+    """The adaptive policy of one waiter (not thread-safe: one per waiter, such as a
+    client's reading thread or a connection's read callback).
 
-    __slots__ = ("average", "limit")
+    Call :meth:`should_poll` once per wait, and :meth:`observe` with the wait's length
+    when (and only when) it polled. A wait polls for at most ``limit`` seconds while
+    :attr:`average` (an EWMA, weight 1/8, of polled waits) is below ``limit``. Waits
+    that sleep are not observed: they include the wake-up cost polling avoids, so they
+    would keep the policy from ever polling again; instead, while the average is too
+    high, one wait in ``PROBE_EVERY`` polls anyway, which brings polling back when the
+    peer is quick again and costs at most ``limit / PROBE_EVERY`` per wait when it is
+    not. ``limit`` 0 disables polling.
+    """
+
+    PROBE_EVERY: Final = 16
+
+    __slots__ = ("_skipped", "average", "limit")
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.average = 0.0
+        self._skipped = 0
 
     @property
     def active(self) -> bool:
-        """Whether the next wait should poll."""
+        """Whether recent polled waits were quick (the next wait polls)."""
         return self.limit > 0 and self.average < self.limit
 
+    def should_poll(self) -> bool:
+        """Whether this wait polls (always while :attr:`active`, else as a probe)."""
+        if self.average < self.limit:
+            return True
+        if self.limit <= 0:
+            return False
+        self._skipped += 1
+        if self._skipped < self.PROBE_EVERY:
+            return False
+        self._skipped = 0
+        return True
+
     def observe(self, waited: float) -> None:
-        """Record how long a wait took (seconds), polled or not."""
+        """Record how long a wait that polled took (seconds), to its end."""
         self.average += (waited - self.average) * 0.125

@@ -116,13 +116,15 @@ class ClientCore:
         """Leader only: read and dispatch until ``slot`` is done (the blocking path of
         :meth:`_read_once`, in one loop: this is every call's hot path).
 
-        When recent answers came within the busy-poll window (see :class:`BusyPoll`),
-        the socket is first polled without blocking for up to that window: an answer
-        that lands while this thread still runs skips the sleep and wake-up."""
+        When recent answers came within the busy-poll window (see
+        :class:`~nexusfs.bus._busy_poll.BusyPoll`), the socket is first polled without
+        blocking for up to that window: an answer that lands while this thread still
+        runs skips the sleep and wake-up."""
         sock = self._sock
         poll = self._busy_poll
-        t0 = perf_counter()
-        if poll.limit and poll.average < poll.limit:  # (BusyPoll.active, inlined)
+        polled = poll.should_poll()
+        if polled:
+            t0 = perf_counter()
             until = t0 + poll.limit
             if deadline is not None:
                 until = min(until, t0 + (deadline - time.time()))
@@ -168,7 +170,8 @@ class ClientCore:
                 self._fail(f"read failed: {exc!r}")
                 raise ServiceUnavailable(f"bus connection lost: {exc!r}") from exc
             self._received(n)
-        poll.observe(perf_counter() - t0)
+        if polled:
+            poll.observe(perf_counter() - t0)
 
     def _received(self, n: int) -> None:
         """``n`` bytes were read at ``_end``: parse and dispatch every whole frame."""

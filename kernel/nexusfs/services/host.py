@@ -32,6 +32,7 @@ Failure semantics (also in each method's docstring):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ import anyio
 import anyio.abc
 
 from nexusfs.bus import Connection, UnknownMethod, serve_unix
+from nexusfs.bus._busy_poll import busy_poll_limit
 from nexusfs.errors import InvalidPath, NexusError, PermissionDenied, ServiceUnavailable
 from nexusfs.hookspecs import HOOKABLE, SyscallEvent, SyscallOutcome
 from nexusfs.services._spawn import PrestartedWorker, services_socket_path
@@ -157,7 +159,10 @@ class ServiceHost:
                         continue
                     await self._supervisor(name)
                     self._sups[name].start()
-                await tg.start(serve_unix, self.socket_path, self._factory)
+                # Workers are this kernel's peers for hooks and service calls: poll
+                # for their quick answers (see nexusfs.bus._busy_poll).
+                await tg.start(functools.partial(serve_unix, self.socket_path, self._factory,
+                                                 busy_poll=busy_poll_limit()))
                 task_status.started()
                 await anyio.sleep_forever()
 
