@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -266,36 +268,47 @@ def test_polling_caller_gets_answers_errors_and_calls_back(tmp_path: Path) -> No
         assert _async_client(path, 1.0, body) == [1, 5, 41, True, True]
 
 
-def test_polling_caller_keeps_its_deadline(tmp_path: Path) -> None:
-    """A call polls at most until its deadline, even with a longer window (the peer
-    here reads the request and never answers, not even with deadline_exceeded)."""
-    path = tmp_path / "silent.sock"
+@contextmanager
+def peer_that_never_answers(path: Path, *, leaves_after: float | None) -> Iterator[None]:
+    """A bus peer at ``path`` that reads the first request and never answers it (not
+    even with ``deadline_exceeded``); it closes the connection ``leaves_after`` seconds
+    later, or when the block exits."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen()
     done = threading.Event()
 
-    def silent() -> None:
+    def serve() -> None:
         peer, _ = listener.accept()
         peer.recv(65536)
-        done.wait(30)
+        done.wait(30 if leaves_after is None else leaves_after)
         peer.close()
 
-    th = threading.Thread(target=silent)
+    th = threading.Thread(target=serve)
     th.start()
-
-    async def body(conn: Connection) -> float:
-        t0 = time.perf_counter()
-        with pytest.raises(DeadlineExceeded):
-            await conn.call("echo", x=1, timeout=0.1)
-        return time.perf_counter() - t0
-
     try:
-        took = _async_client(path, 3.0, body)
+        yield
     finally:
         done.set()
         th.join(10)
         listener.close()
+
+
+def _timed_failure(timeout: float, error: type[Exception]) -> Callable[[Connection], Any]:
+    async def body(conn: Connection) -> float:
+        t0 = time.perf_counter()
+        with pytest.raises(error):
+            await conn.call("echo", x=1, timeout=timeout)
+        return time.perf_counter() - t0
+
+    return body
+
+
+def test_polling_caller_keeps_its_deadline(tmp_path: Path) -> None:
+    """A call polls at most until its deadline, even with a longer window."""
+    path = tmp_path / "silent.sock"
+    with peer_that_never_answers(path, leaves_after=None):
+        took = _async_client(path, 3.0, _timed_failure(0.1, DeadlineExceeded))
     assert took < 1.5, f"the deadline of 0.1 s was kept only after {took:.2f} s"
 
 
@@ -303,28 +316,6 @@ def test_polling_caller_sees_the_peer_leave(tmp_path: Path) -> None:
     """The server dies while the caller polls for its answer: the call fails at once
     with ServiceUnavailable (the poll reads the end of stream itself)."""
     path = tmp_path / "dying.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen()
-
-    def die_after_request() -> None:
-        peer, _ = listener.accept()
-        peer.recv(65536)
-        time.sleep(0.05)
-        peer.close()
-
-    th = threading.Thread(target=die_after_request)
-    th.start()
-
-    async def body(conn: Connection) -> float:
-        t0 = time.perf_counter()
-        with pytest.raises(ServiceUnavailable):
-            await conn.call("echo", x=1, timeout=30)
-        return time.perf_counter() - t0
-
-    try:
-        took = _async_client(path, 5.0, body)
-    finally:
-        th.join(10)
-        listener.close()
+    with peer_that_never_answers(path, leaves_after=0.05):
+        took = _async_client(path, 5.0, _timed_failure(30.0, ServiceUnavailable))
     assert took < 2.0
