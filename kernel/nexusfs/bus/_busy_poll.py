@@ -53,22 +53,25 @@ class BusyPoll:
 
     Call :meth:`should_poll` once per wait, and :meth:`observe` with the wait's length
     when (and only when) it polled. A wait polls for at most ``limit`` seconds while
-    :attr:`average` (an EWMA, weight 1/8, of polled waits) is below ``limit``. Waits
-    that sleep are not observed: they include the wake-up cost polling avoids, so they
-    would keep the policy from ever polling again; instead, while the average is too
-    high, one wait in ``PROBE_EVERY`` polls anyway, which brings polling back when the
-    peer is quick again and costs at most ``limit / PROBE_EVERY`` per wait when it is
-    not. ``limit`` 0 disables polling.
+    :attr:`average` (an EWMA, weight 1/8, of polled waits, each counted as at most
+    ``2 * limit`` so that one long idle gap does not outweigh many quick answers) is
+    below ``limit``: about four slow waits in a row turn polling off. Waits that sleep
+    are not observed: they include the wake-up cost polling avoids, so they would keep
+    the policy from ever polling again. Instead, while polling is off, one wait in
+    ``PROBE_EVERY`` polls anyway, and a probe answered within the window turns polling
+    back on at once; this costs at most ``limit / PROBE_EVERY`` per wait while the peer
+    stays slow. ``limit`` 0 disables polling.
     """
 
     PROBE_EVERY: Final = 16
 
-    __slots__ = ("_skipped", "average", "limit")
+    __slots__ = ("_probing", "_skipped", "average", "limit")
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.average = 0.0
         self._skipped = 0
+        self._probing = False
 
     @property
     def active(self) -> bool:
@@ -85,8 +88,15 @@ class BusyPoll:
         if self._skipped < self.PROBE_EVERY:
             return False
         self._skipped = 0
+        self._probing = True
         return True
 
     def observe(self, waited: float) -> None:
         """Record how long a wait that polled took (seconds), to its end."""
-        self.average += (waited - self.average) * 0.125
+        limit = self.limit
+        if self._probing:
+            self._probing = False
+            if waited < limit:  # the peer is quick again
+                self.average = waited
+                return
+        self.average += (min(waited, 2 * limit) - self.average) * 0.125
