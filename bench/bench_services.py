@@ -15,6 +15,8 @@ Measures, in one run, with a real worker process of the ``echo`` test service
   (c) pipelined ``ServiceHost.call`` throughput with 64 concurrent callers;
   (d) crash -> first successful call: SIGKILL the worker, then time a call issued at
       once (it waits for the replacement worker) - p50 over several crashes.
+Kernel and worker busy-poll as configured (``NEXUS_BUS_BUSY_POLL_US``, default 50 us;
+set it to 0 to see the round trip without; see ``nexusfs.bus._busy_poll``).
 Latency rounds interleave raw/floor/host so that machine noise hits all alike; p50 is
 the median of per-round p50s. The event loop (this process = the kernel, the worker and
 the floor server) is ``nexusfs.bus.runner``'s choice (``NEXUS_EVENT_LOOP``). Always

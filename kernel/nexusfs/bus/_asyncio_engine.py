@@ -19,7 +19,7 @@ objects per call at the minimum:
   :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
   call); cancellation uses ``Task.cancel()``.
 * Busy-polling (only on a connection created with ``busy_poll``, and only while no
-  other call or served task is in progress in this process, see :class:`_Work`):
+  other call or served task is in progress on the event loop, see :class:`_Work`):
   after a read callback wrote answers, the engine polls its socket for the peer's next
   request for up to that window before it returns to the loop, and serves it on the
   spot; a call polls for its answer before it awaits it. Either skips the loop's sleep
@@ -48,6 +48,7 @@ import logging
 import socket
 import time
 import types
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from socket import MSG_DONTWAIT
 from time import perf_counter
@@ -96,11 +97,11 @@ _WIRE_TYPES: Final = frozenset({dict, list, str, bytes, int, float, bool, type(N
 
 
 class _Work:
-    """What is in progress on the bus in this process: calls awaiting an answer and
-    requests served in tasks of their own (all connections). Busy-polling blocks the
-    event loop, so an engine polls only while nothing else is in progress (an
-    approximation: other loop work, such as timers, is not counted and waits at most one
-    busy-poll window)."""
+    """What is in progress on the bus on one event loop: calls awaiting an answer and
+    requests served in tasks of their own (all of the loop's connections). Busy-polling
+    blocks the loop, so an engine polls only while nothing else is in progress (an
+    approximation: other loop work, such as timers, is not counted and waits at most
+    one busy-poll window)."""
 
     __slots__ = ("calls", "tasks")
 
@@ -115,7 +116,15 @@ class _Work:
         self.tasks -= 1
 
 
-_work: Final = _Work()
+_loop_work: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Work] = (
+    weakref.WeakKeyDictionary())
+
+
+def _work_of(loop: asyncio.AbstractEventLoop) -> _Work:
+    work = _loop_work.get(loop)
+    if work is None:
+        work = _loop_work[loop] = _Work()
+    return work
 
 
 class _CallExpired(DeadlineExceeded):
@@ -129,6 +138,7 @@ class AsyncioEngine:
         self._conn = conn
         self._sock = sock
         self._loop = asyncio.get_running_loop()
+        self._work = _work_of(self._loop)
         self._decoder = FrameDecoder(conn.max_frame_size)
         self._packer = FramePacker(conn.max_frame_size)
         self._max_frame = conn.max_frame_size
@@ -186,7 +196,7 @@ class AsyncioEngine:
         if answered:  # the first frame after a poll that timed out: the whole wait
             self._answered_at = 0.0
             self._busy_poll.observe(perf_counter() - answered)
-        if self._on_data(n) and self._busy_poll.limit and _work.idle(0) and (
+        if self._on_data(n) and self._busy_poll.limit and self._work.idle(0) and (
                 self._busy_poll.should_poll()):
             self._poll_next()
 
@@ -220,7 +230,7 @@ class AsyncioEngine:
                 return
             if not self._on_data(n) or self._done.done():
                 return  # (no answer written: the peer is not waiting for us)
-            if now >= budget_end or not _work.idle(0) or not poll.should_poll():
+            if now >= budget_end or not self._work.idle(0) or not poll.should_poll():
                 return
             answered = perf_counter()
             until = answered + poll.limit
@@ -325,7 +335,7 @@ class AsyncioEngine:
         if d is not None:
             self._call_deadlines.add(d, rid, fut)
         out = self._out
-        work = _work
+        work = self._work
         work.calls += 1
         try:
             if not out and len(calls) == 1 and not self._in_dispatch:
@@ -447,8 +457,8 @@ class AsyncioEngine:
         task = self._loop.create_task(self._serve(rid, method, fn, args, work))
         self._serving[rid] = task
         self._tasks.add(task)
-        _work.tasks += 1
-        task.add_done_callback(_work.task_done)  # (also when cancelled before it ran)
+        self._work.tasks += 1
+        task.add_done_callback(self._work.task_done)  # (also when cancelled before it ran)
         if d is not None:
             self._serve_deadlines.add(d, rid, task)
 
