@@ -4,14 +4,15 @@
 
 Measures, in one run (servers in separate processes):
   (a) raw blocking Unix-socket ping-pong (8-byte echo) p50/p99 - the baseline; (a'')
-      the same with a client that polls for 50 us before it sleeps, as BlockingClient;
+      the same with a client that polls for 50 us before it sleeps;
   (a') the event-loop floor: the same 8-byte blocking ping-pong against a minimal
        asyncio ``Protocol`` echo server on the event loop the bus server uses (no
        framing, no encoding, no dispatch) - what any asyncio server costs here;
-  (b) BlockingClient round trip to an anyio bus server that busy-polls after answering,
-      as a service worker's connection to the kernel does: an ``async def`` handler
-      without ``await`` (served inline) and a plain handler - the targets; and the same
-      with busy-polling off on both sides (each sleeps at once), for comparison;
+  (b) BlockingClient round trip to an anyio bus server, both sides busy-polling as the
+      kernel and a service worker do (``NEXUS_BUS_BUSY_POLL_US``): an ``async def``
+      handler without ``await`` (served inline) and a plain handler - the targets; and
+      the same with busy-polling off on both sides (each sleeps at once), for comparison
+      (``bench_services.py`` measures the kernel's own ServiceHost -> worker calls);
   (b') an ``async def`` handler that does await (it runs in a task of its own);
   (c) async Connection round trip (anyio, same event loop choice);
   (d) pipelined throughput: BlockingClient.call_many and 64 concurrent async callers.
@@ -160,7 +161,8 @@ def measure_latencies(raw_path: str, floor_path: str, bus_path: str, sleeping_pa
                 if time.perf_counter() >= until:
                     got += len(sock.recv(8 - got))
 
-    client = BlockingClient(bus_path, timeout=30)
+    # The calling side busy-polls as the kernel does for a worker's answer.
+    client = BlockingClient(bus_path, timeout=30, busy_poll=busy_poll_limit())
     sleeper = BlockingClient(sleeping_path, timeout=30, busy_poll=0)
     cases: dict[str, Callable[[], Any]] = {
         "raw": lambda: ping(raw),

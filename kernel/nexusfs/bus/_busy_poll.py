@@ -11,11 +11,13 @@ the running average of recent waits is below the window, so a peer that usually 
 longer is waited for by sleeping at once, and no wait polls longer than the window.
 :func:`busy_poll_limit` reads the window from ``$NEXUS_BUS_BUSY_POLL_US``.
 
-Two places use it: :class:`~nexusfs.bus.client.BlockingClient` polls for the answer of
-its call (the calling thread has nothing else to do), and a
-:class:`~nexusfs.bus.connection.Connection` created with ``busy_poll`` polls, after it
-wrote answers, for the peer's next request (service workers, whose event loop serves
-one connection: the kernel's).
+Inside the system it is on by default: the kernel's connections to its service workers
+(:class:`~nexusfs.bus.connection.Connection` with ``busy_poll``) poll for a worker's
+answer, and a worker polls for the kernel's next call after answering, both only while
+nothing else is in progress on that event loop. Client processes (the SDK, the CLI) never
+poll unless asked (:class:`~nexusfs.bus.client.BlockingClient` ``busy_poll=``): a
+library should not spin its caller's CPU, and a client's waits are whole syscalls, which
+sit around the window, where polling would make some calls fast and others not.
 """
 
 from __future__ import annotations

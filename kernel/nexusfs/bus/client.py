@@ -38,7 +38,7 @@ from typing import Any, Self
 
 import msgpack
 
-from nexusfs.bus._busy_poll import BusyPoll, busy_poll_limit
+from nexusfs.bus._busy_poll import BusyPoll
 from nexusfs.bus._client_core import BUF_SIZE, SLICE, ClientCore, Slot, timeval
 from nexusfs.bus.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -61,10 +61,9 @@ class BlockingClient(ClientCore):
 
     ``timeout`` (seconds) is the default per-call timeout and the write timeout;
     ``on_notify(method, args)`` receives server notifications; ``busy_poll`` (seconds,
-    default ``$NEXUS_BUS_BUSY_POLL_US`` microseconds, else 50 us; 0 disables) is the
-    longest a caller polls for a quick answer before it sleeps (see
-    :mod:`~nexusfs.bus._busy_poll`). Raises :class:`ServiceUnavailable` if
-    the server cannot be reached, ``ConfigError`` for a bad ``$NEXUS_BUS_BUSY_POLL_US``.
+    default 0: off) is the longest a caller polls for a quick answer before it sleeps
+    (see :mod:`~nexusfs.bus._busy_poll`). Raises :class:`ServiceUnavailable` if the
+    server cannot be reached.
     """
 
     def __init__(
@@ -74,10 +73,10 @@ class BlockingClient(ClientCore):
         timeout: float | None = 30.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         on_notify: Callable[[str, dict[str, Any]], None] | None = None,
-        busy_poll: float | None = None,
+        busy_poll: float = 0.0,
     ) -> None:
         self.path = os.fspath(path)
-        self._busy_poll = BusyPoll(busy_poll_limit() if busy_poll is None else busy_poll)
+        self._busy_poll = BusyPoll(busy_poll)
         self.timeout = timeout
         self.max_frame_size = max_frame_size
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
