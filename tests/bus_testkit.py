@@ -135,16 +135,24 @@ class Service:
 _background: list[Callable[[], Any]] = []
 
 
-@asynccontextmanager
-async def served(tmp_path: Path, portable: bool = False, **kw: Any) -> AsyncIterator[
-        tuple[Path, list[Service]]]:
-    path = tmp_path / "run" / "bus.sock"
+def _recording_factory() -> tuple[list[Service], Callable[[Connection], Service]]:
+    """A handler factory making one :class:`Service` per connection, and the list it
+    appends them to (in connection order)."""
     services: list[Service] = []
 
     def factory(conn: Connection) -> Service:
         s = Service(conn)
         services.append(s)
         return s
+
+    return services, factory
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, portable: bool = False, **kw: Any) -> AsyncIterator[
+        tuple[Path, list[Service]]]:
+    path = tmp_path / "run" / "bus.sock"
+    services, factory = _recording_factory()
 
     async with anyio.create_task_group() as tg:
         await tg.start(partial(serve_unix, path, factory, portable=portable, **kw))
@@ -155,12 +163,7 @@ async def served(tmp_path: Path, portable: bool = False, **kw: Any) -> AsyncIter
 @contextmanager
 def served_in_thread(tmp_path: Path, **kw: Any) -> Iterator[tuple[Path, list[Service]]]:
     path = tmp_path / "run" / "bus.sock"
-    services: list[Service] = []
-
-    def factory(conn: Connection) -> Service:
-        s = Service(conn)
-        services.append(s)
-        return s
+    services, factory = _recording_factory()
 
     async def pusher() -> None:  # runs queued background notifications
         while True:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,29 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         yield data
     finally:
         daemon.stop(data)
+
+
+@contextmanager
+def kernels_sharing_postgres_and_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, Path]]:
+    """Two kernels (data directories ``k1`` and ``k2``) whose rebac services share one
+    fresh PostgreSQL database and one Redis; both stopped and the database dropped
+    afterwards. Skips (or fails, when servers are required) without PostgreSQL/Redis."""
+    from nexusfs.testing.postgres import create_database, drop_database, require_postgres
+    from nexusfs.testing.redis import redis_url_or_skip
+
+    url = create_database(require_postgres())
+    env = {"NEXUS_RECORD_STORE": url, "NEXUS_CACHE_STORE": redis_url_or_skip()}
+    started: list[Path] = []
+    try:
+        for name in ("k1", "k2"):
+            started.append(start_kernel(tmp_path / name, monkeypatch, **env))
+        yield started[0], started[1]
+    finally:
+        for k in started:
+            daemon.stop(k)
+        drop_database(url)
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "") -> None:
@@ -300,30 +324,20 @@ def test_two_kernels_sharing_postgres_and_redis(
     """Another kernel on the same PostgreSQL: a token from kernel 1 is honoured by
     kernel 2 (no new enemy), and without a token kernel 2 learns of writes through
     the shared Redis channel at once."""
-    from nexusfs.testing.postgres import create_database, drop_database, require_postgres
-    from nexusfs.testing.redis import redis_url_or_skip
-
-    url = create_database(require_postgres())
-    env = {"NEXUS_RECORD_STORE": url, "NEXUS_CACHE_STORE": redis_url_or_skip()}
-    k1 = k2 = None
-    try:
-        k1 = start_kernel(tmp_path / "k1", monkeypatch, **env)
-        k2 = start_kernel(tmp_path / "k2", monkeypatch, **env)
-        with nexusfs.connect(data_dir=k1) as one, nexusfs.connect(data_dir=k2) as two:
-            q = {"user": "user:zoe", "relation": "read", "object": "file:/x/y"}
-            grant = one.call("rebac.write", writes=["folder:/x#viewer@user:zoe"])
-            assert two.call("rebac.check", consistency=grant, **q) is True
-            revoke = one.call("rebac.write", deletes=["folder:/x#viewer@user:zoe"])
-            assert two.call("rebac.check", consistency=revoke, **q) is False
-            one.call("rebac.write", writes=["folder:/x#editor@user:zoe"])
-            t0 = time.monotonic()
-            wait_for(lambda: two.call("rebac.check", **q), timeout=10, what="pushed to k2")
-            assert time.monotonic() - t0 < 3.0
-    finally:
-        for k in (k1, k2):
-            if k is not None:
-                daemon.stop(k)
-        drop_database(url)
+    with (
+        kernels_sharing_postgres_and_redis(tmp_path, monkeypatch) as (k1, k2),
+        nexusfs.connect(data_dir=k1) as one,
+        nexusfs.connect(data_dir=k2) as two,
+    ):
+        q = {"user": "user:zoe", "relation": "read", "object": "file:/x/y"}
+        grant = one.call("rebac.write", writes=["folder:/x#viewer@user:zoe"])
+        assert two.call("rebac.check", consistency=grant, **q) is True
+        revoke = one.call("rebac.write", deletes=["folder:/x#viewer@user:zoe"])
+        assert two.call("rebac.check", consistency=revoke, **q) is False
+        one.call("rebac.write", writes=["folder:/x#editor@user:zoe"])
+        t0 = time.monotonic()
+        wait_for(lambda: two.call("rebac.check", **q), timeout=10, what="pushed to k2")
+        assert time.monotonic() - t0 < 3.0
 
 
 def test_a_revoke_written_on_another_kernel_is_pushed_to_this_kernels_gate(
@@ -334,15 +348,7 @@ def test_a_revoke_written_on_another_kernel_is_pushed_to_this_kernels_gate(
     learns it from the Redis channel and reports the revision to its kernel
     (``rebac.revision``), whose gate forgets the grant: the subject is refused well
     before the gate's own 1 s revision poll would have noticed (the push is counted)."""
-    from nexusfs.testing.postgres import create_database, drop_database, require_postgres
-    from nexusfs.testing.redis import redis_url_or_skip
-
-    url = create_database(require_postgres())
-    env = {"NEXUS_RECORD_STORE": url, "NEXUS_CACHE_STORE": redis_url_or_skip()}
-    k1 = k2 = None
-    try:
-        k1 = start_kernel(tmp_path / "k1", monkeypatch, **env)
-        k2 = start_kernel(tmp_path / "k2", monkeypatch, **env)
+    with kernels_sharing_postgres_and_redis(tmp_path, monkeypatch) as (k1, k2):
         with nexusfs.connect(data_dir=k2) as owner2:
             owner2.write("/x/y.txt", b"y")
         with (
@@ -368,8 +374,3 @@ def test_a_revoke_written_on_another_kernel_is_pushed_to_this_kernels_gate(
             took = time.monotonic() - t0
             assert zoe.call("kernel.gate_stats")["pushes"] > pushes
             print(f"revoke on kernel 1 enforced on kernel 2 after {took * 1000:.0f} ms")
-    finally:
-        for k in (k1, k2):
-            if k is not None:
-                daemon.stop(k)
-        drop_database(url)

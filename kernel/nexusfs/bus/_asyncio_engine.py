@@ -200,40 +200,50 @@ class AsyncioEngine:
                 self._busy_poll.should_poll()):
             self._poll_next()
 
-    def _poll_next(self) -> None:
-        """Answers just left: poll the socket for the peer's next frame for up to the
-        busy-poll window (see :mod:`~nexusfs.bus._busy_poll`), and serve what arrives
-        right here, as long as that writes answers again, for at most ``_POLL_BUDGET``
-        in all (then the loop runs other work). The transport never sees these bytes:
-        they are read from the engine's own descriptor of the same socket and consumed
-        in full before this returns."""
-        poll, sock, view = self._busy_poll, self._sock, self._rview
-        answered = perf_counter()
-        budget_end = answered + _POLL_BUDGET
-        until = answered + poll.limit
+    def _poll_read(self, until: float) -> int:
+        """Poll the engine's own descriptor of the socket (``recv`` without blocking)
+        into the receive buffer until data arrives or ``perf_counter()`` reaches
+        ``until``. Returns the number of bytes read, 0 if none came in time, or -1 if
+        the connection ended (end of stream or a read error: the engine is finished).
+        The transport never sees these bytes: the caller consumes them in full."""
+        sock, view = self._sock, self._rview
         while True:
             try:
                 n = sock.recv_into(view, 0, MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                now = perf_counter()
-                if now < until:
+                if perf_counter() < until:
                     continue
-                self._answered_at = answered  # the next read observes the whole gap
-                return
+                return 0
             except OSError as exc:
                 self._finish(f"read failed: {exc!r}")
-                return
-            now = perf_counter()
-            poll.observe(now - answered)
+                return -1
             if n == 0:
                 self._finish(eof_reason(self._decoder, self._conn.name))
+                return -1
+            return n
+
+    def _poll_next(self) -> None:
+        """Answers just left: poll the socket for the peer's next frame for up to the
+        busy-poll window (see :mod:`~nexusfs.bus._busy_poll`), and serve what arrives
+        right here, as long as that writes answers again, for at most ``_POLL_BUDGET``
+        in all (then the loop runs other work)."""
+        poll = self._busy_poll
+        answered = perf_counter()
+        budget_end = answered + _POLL_BUDGET
+        while True:
+            n = self._poll_read(answered + poll.limit)
+            if n == 0:
+                self._answered_at = answered  # the next read observes the whole gap
                 return
+            now = perf_counter()
+            if n < 0:
+                return
+            poll.observe(now - answered)
             if not self._on_data(n) or self._done.done():
                 return  # (no answer written: the peer is not waiting for us)
             if now >= budget_end or not self._work.idle(0) or not poll.should_poll():
                 return
             answered = perf_counter()
-            until = answered + poll.limit
 
     def _on_data(self, n: int) -> bool:
         """Serve the ``n`` bytes at the start of the receive buffer; whether answers (or
@@ -366,26 +376,16 @@ class AsyncioEngine:
                 self._send_cancel(rid)
 
     def _poll_answer(self, fut: asyncio.Future[Any], t0: float, d: float | None) -> None:
-        """The only call in flight and no other work in progress in this process: poll
+        """The only call in flight and no other work in progress on this loop: poll
         the socket for its answer for up to the busy-poll window (or the call's
         deadline ``d``, if sooner) before the caller awaits it, dispatching whatever
         arrives (as the transport would)."""
-        sock, view = self._sock, self._rview
         until = t0 + self._answer_poll.limit
         if d is not None:
             until = min(until, t0 + (d - time.time()))
         while not fut.done():
-            try:
-                n = sock.recv_into(view, 0, MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                if perf_counter() >= until:
-                    return
-                continue
-            except OSError as exc:
-                self._finish(f"read failed: {exc!r}")
-                return
-            if n == 0:
-                self._finish(eof_reason(self._decoder, self._conn.name))
+            n = self._poll_read(until)
+            if n <= 0:
                 return
             self._on_data(n)
             if self._done.done():
