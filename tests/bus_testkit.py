@@ -161,9 +161,13 @@ async def served(tmp_path: Path, portable: bool = False, **kw: Any) -> AsyncIter
 
 
 @contextmanager
-def served_in_thread(tmp_path: Path, **kw: Any) -> Iterator[tuple[Path, list[Service]]]:
+def served_in_thread(tmp_path: Path, factory: Callable[[Connection], Any] | None = None,
+                     **kw: Any) -> Iterator[tuple[Path, list[Service]]]:
+    """A bus server on another thread's event loop, serving a :class:`Service` per
+    connection (or what ``factory`` makes: the list of services then stays empty)."""
     path = tmp_path / "run" / "bus.sock"
-    services, factory = _recording_factory()
+    services, recording = _recording_factory()
+    factory = factory or recording
 
     async def pusher() -> None:  # runs queued background notifications
         while True:

@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,18 @@ from bus_testkit import (
     ENGINES,
     LOOPS,
     Service,
+    frame,
+    raw_connect,
+    read_frame,
     served,
+    served_in_thread,
 )
 from nexusfs.bus import (
     DeadlineExceeded,
     FrameTooLarge,
     connect_unix,
 )
+from nexusfs.bus._asyncio_engine import _CHUNK_FRAMES
 from nexusfs.bus.protocol import FrameDecoder, encode_frame
 
 
@@ -122,6 +131,103 @@ async def test_notifications_of_every_kind(tmp_path: Path) -> None:
             while not services or len(services[0].order) < 9:
                 await anyio.sleep(0.01)
         assert sorted(services[0].order) == [0, 1, 2, 1000, 1001, 1002, 2000, 2001, 2002]
+
+
+# -- bursts leave in chunks (the two processes work at once) -----------------------------
+
+
+def frames_waiting(s: socket.socket) -> int:
+    """How many whole frames the peer has written to ``s`` (a socket with a timeout, so
+    already non-blocking underneath) and ``s`` has not read. Safe while another thread
+    reads ``s``: it peeks through a descriptor of its own."""
+    with socket.socket(fileno=os.dup(s.fileno())) as view:
+        view.settimeout(0.0)
+        try:
+            data = view.recv(1 << 20, socket.MSG_PEEK)
+        except BlockingIOError:
+            return 0
+    pos = count = 0
+    while len(data) - pos >= 4:
+        (size,) = struct.unpack_from(">I", data, pos)
+        if len(data) - pos - 4 < size:
+            break
+        pos += 4 + size
+        count += 1
+    return count
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_calls_leaves_in_chunks(tmp_path: Path) -> None:
+    """64 calls issued in one pass of the loop: while the 41st is being issued, the
+    first chunks are on the socket already (the peer can start on them), not held back
+    until the whole burst is queued; every call still gets its own answer."""
+    path = tmp_path / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    peeked = threading.Event()
+
+    def answer(peer: socket.socket) -> None:
+        for n in (1, 64):  # a first call, then the burst once it has been looked at
+            for _ in range(n):
+                msg = read_frame(peer)
+                peer.sendall(frame({"t": "res", "id": msg["id"], "r": msg["a"]["x"]}))
+            peeked.wait(10)
+
+    async with connect_unix(path) as conn:
+        peer, _ = listener.accept()
+        peer.settimeout(10)
+        answerer = threading.Thread(target=answer, args=(peer,))
+        answerer.start()
+        assert await conn.call("echo", x=-1, timeout=10) == -1  # (the engine is up)
+        waiting: list[int] = []
+        got: list[int] = []
+
+        async def one(i: int) -> None:
+            if i == 40:
+                waiting.append(frames_waiting(peer))
+                peeked.set()
+            got.append(await conn.call("echo", x=i, timeout=10))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(64):
+                    tg.start_soon(one, i)
+        finally:
+            peeked.set()
+            answerer.join(10)
+            peer.close()
+            listener.close()
+    assert len(waiting) == 1 and waiting[0] >= 40 // _CHUNK_FRAMES * _CHUNK_FRAMES
+    assert sorted(got) == list(range(64))
+
+
+def test_answers_to_a_long_burst_leave_in_chunks(tmp_path: Path) -> None:
+    """64 requests arrive in one read: while the server answers the later ones, the
+    answers to the first chunks have reached the client already. Each answer reports
+    how many answers the client could read when its request was served."""
+    client: list[socket.socket] = []
+    served_all = threading.Event()
+
+    def probe(i: int) -> int:
+        waiting = frames_waiting(client[0])
+        if i == 63:
+            served_all.set()
+        return waiting
+
+    with served_in_thread(tmp_path, lambda conn: {"probe": probe}) as (path, _):
+        s = raw_connect(path)
+        client.append(s)
+        s.sendall(b"".join(
+            frame({"t": "req", "id": i, "m": "probe", "a": {"i": i}, "d": None})
+            for i in range(64)))
+        assert served_all.wait(10)  # (the client reads nothing before)
+        seen = {m["id"]: m["r"] for m in (read_frame(s) for _ in range(64))}
+        s.close()
+    assert sorted(seen) == list(range(64))
+    assert seen[0] == 0
+    for i in range(64):  # (more if the requests came in more than one read)
+        assert seen[i] >= i // _CHUNK_FRAMES * _CHUNK_FRAMES, seen
 
 
 def test_deadline_queue() -> None:
