@@ -121,6 +121,9 @@ async def test_post_hooks_in_order_with_seq(tmp_path: Path, markers: Path) -> No
         assert evs[1]["ok"] is False
         # The worker writes an event before it acknowledges its batch: wait for the ack.
         await wait_for(lambda: info(host, "echo")["post_queue"] == 0, what="queue drained")
+        row = info(host, "echo")
+        assert row["post_delivered"] == 300 and row["post_dropped"] == 0
+        assert 1 <= row["post_batches"] < 300  # lingered: events share deliveries
 
 
 @pytest.mark.anyio

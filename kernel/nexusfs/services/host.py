@@ -219,7 +219,11 @@ class ServiceHost:
     # -- status ------------------------------------------------------------------------
 
     def services(self) -> list[dict[str, Any]]:
-        """One dict per known service (see ``STATES`` for ``state``)."""
+        """One dict per known service (see ``STATES`` for ``state``). The ``post_*``
+        figures describe its post-hook outbox: events waiting (``post_queue``),
+        delivered and acknowledged (``post_delivered``), deliveries made
+        (``post_batches``) and events dropped because the queue was full
+        (``post_dropped``)."""
         out: list[dict[str, Any]] = []
         for name in sorted(set(self._entries) | set(self._sups)):
             sup = self._sups.get(name)
@@ -229,7 +233,7 @@ class ServiceHost:
                             "state": "stopped", "pid": None, "restarts": 0,
                             "last_exit": None, "last_error": None, "methods": [],
                             "pre_hooks": [], "post_hooks": [], "post_queue": 0,
-                            "post_dropped": 0})
+                            "post_dropped": 0, "post_batches": 0, "post_delivered": 0})
                 continue
             w = sup.current
             hello = w.hello if w is not None else {}
@@ -246,6 +250,8 @@ class ServiceHost:
                 "post_hooks": list(hello.get("post_hooks", [])),
                 "post_queue": len(sup.outbox),
                 "post_dropped": sup.outbox.dropped,
+                "post_batches": sup.outbox.batches,
+                "post_delivered": sup.outbox.delivered,
             })
         return out
 
