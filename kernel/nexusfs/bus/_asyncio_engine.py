@@ -279,7 +279,7 @@ class AsyncioEngine:
         finally:
             self._in_dispatch = False
         if self._out and not self._flush_scheduled:
-            self._flush()  # every answer of this read leaves in one write
+            self._write_out()  # every answer of this read leaves in one write
             return True
         return self._writes != writes
 
@@ -352,8 +352,6 @@ class AsyncioEngine:
         fut: asyncio.Future[Any] = self._loop.create_future()
         calls = self._calls
         calls[rid] = fut
-        if d is not None:
-            self._call_deadlines.add(d, rid, fut)
         out = self._out
         work = self._work
         work.calls += 1
@@ -364,11 +362,15 @@ class AsyncioEngine:
                 if (poll.limit and work.calls == 1 and work.tasks <= 1
                         and poll.should_poll()):
                     t0 = perf_counter()
-                    self._poll_answer(fut, t0, d)
+                    self._poll_answer(fut, t0, d)  # (never past the deadline)
                 else:
                     t0 = 0.0
+                if d is not None and not fut.done():  # (answered while polling: no timer)
+                    self._call_deadlines.add(d, rid, fut)
             else:  # pipelined: one write per loop iteration (the write() path, inlined)
                 t0 = 0.0
+                if d is not None:
+                    self._call_deadlines.add(d, rid, fut)
                 out.append(frame)
                 self._out_size += len(frame)
                 if len(out) >= _CHUNK_FRAMES or self._out_size >= _CHUNK_BYTES:
