@@ -11,8 +11,10 @@ Three kernel processes run side by side on separate data directories:
   mechanism plus what that service does with each event (on a small machine its CPU
   competes with the caller's).
 
-The same client calls alternate between the three in rounds, so machine noise hits all
-alike; the figure is the ratio of median latencies (target: at most 1.2x). The kernel
+Measuring starts once every service worker and its warm spare have started and gone
+idle (a spare's interpreter start-up, one second after its service's, is not a cost of
+the syscalls). The same client calls alternate between the three in rounds, so machine
+noise hits all alike; the figure is the ratio of median latencies (target: at most 1.2x). The kernel
 process's CPU time per syscall (``/proc/PID/stat``, every process of the kernel's
 service workers separately) shows where the time goes.
 
@@ -105,6 +107,23 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def settle(pids: dict[str, int], expected: dict[str, int], timeout: float = 20.0) -> None:
+    """Wait until each kernel has its ``expected`` number of worker processes (active
+    workers and warm spares: a spare starts ``first_spare_delay`` after its service) and
+    none of them has used CPU for 0.3 s: the measurement starts in the steady state,
+    not during a spare's interpreter start-up."""
+    end = time.monotonic() + timeout
+    last = -1.0
+    while time.monotonic() < end:
+        kids = {k: children(pid) for k, pid in pids.items()}
+        total = sum(cpu_seconds(p) for ps in kids.values() for p in ps)
+        if all(len(kids[k]) >= n for k, n in expected.items()) and total == last:
+            return
+        last = total
+        time.sleep(0.3)
+    print(f"bench_pipeline: services did not settle within {timeout:.0f} s; measuring anyway")
+
+
 def timed(fn: Callable[[int], object], n: int) -> list[float]:
     out = []
     for i in range(n):
@@ -139,7 +158,8 @@ def main() -> int:
             for fs in conns.values():
                 for i in range(50):
                     fs.write(f"/bench/f{i}", payload)
-            time.sleep(0.5)
+            settle(pids, {k: 2 * len(svc.split(",")) if svc else 0
+                          for k, svc in kinds.items()})  # a worker and a spare each
             workers = {k: children(pid) for k, pid in pids.items()}
             ops: dict[str, Callable[[FileSystem, int], object]] = {
                 "stat": lambda fs, i: fs.stat(f"/bench/f{i % 50}"),
