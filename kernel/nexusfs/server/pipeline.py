@@ -93,9 +93,18 @@ class Pipeline:
                 deliver(event)
 
     def next_seq(self) -> int:
-        seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        """The next event sequence number (see the module docstring)."""
+        return self._stamp()[1]
+
+    def _stamp(self) -> tuple[float, int]:
+        """One clock reading as an event's ``(time, seq)``: the wall-clock time and the
+        next sequence number (that time in microseconds, bumped past the last one)."""
+        now = time.time_ns()
+        seq = now // 1000
+        if seq <= self._last_seq:
+            seq = self._last_seq + 1
         self._last_seq = seq
-        return seq
+        return now / 1e9, seq
 
     def hooked(self, op: str) -> bool:
         host = self.host
@@ -194,7 +203,8 @@ class Pipeline:
             dst = None if dst is None else paths.normalize(dst)
         except NexusError:
             pass  # the syscall itself reports the invalid path
-        return [op, path, subject, dst, args or {}, time.time(), self.next_seq()]
+        now, seq = self._stamp()
+        return [op, path, subject, dst, args or {}, now, seq]
 
     @staticmethod
     def _post_failure(host: HookHost, event: list[Any], exc: BaseException) -> None:
@@ -253,7 +263,8 @@ class Pipeline:
             dst = None if dst is None else paths.normalize(dst)
         except NexusError:
             pass  # the syscall itself reports the invalid path
-        return SyscallEvent(op, path, subject, dst, args or {}, time.time(), self.next_seq())
+        now, seq = self._stamp()
+        return SyscallEvent(op, path, subject, dst, args or {}, now, seq)
 
 
 def _failure(code: str, message: str) -> list[Any]:
