@@ -420,6 +420,12 @@ def _alive(pid: int) -> bool:
 # -- units of the hot paths: outbox batching, the worker's thread pool, ctx.kernel ------
 
 
+def test_worker_speaks_the_hosts_protocol() -> None:
+    from nexusfs.services import host, worker
+
+    assert worker.PROTOCOL == host.PROTOCOL  # (the worker does not import the host)
+
+
 @pytest.mark.anyio
 async def test_outbox_lingers_to_batch_and_redelivers() -> None:
     from nexusfs.errors import NexusError
@@ -429,12 +435,13 @@ async def test_outbox_lingers_to_batch_and_redelivers() -> None:
     sent: list[list[int]] = []
     fail = [True]
 
-    async def send(batch: list[list[Any]]) -> int:
-        sent.append([item[0] for item in batch])
+    async def send(first: int, batch: list[Any]) -> int:
+        sent.append([first + i for i in range(len(batch))])
+        assert [event["seq"] for event, _outcome in batch] == sent[-1]
         if fail[0]:
             fail[0] = False
             raise NexusError("worker lost")  # the same items must come again
-        return int(batch[-1][0])
+        return first + len(batch) - 1
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(box.run, send)
@@ -447,6 +454,15 @@ async def test_outbox_lingers_to_batch_and_redelivers() -> None:
         tg.cancel_scope.cancel()
     assert sent == [list(range(1, 11)), list(range(1, 11))]  # one batch, sent twice
     assert box.delivered == 10 and box.acked == 10 and box.batches == 2
+    # Bounded: beyond capacity the oldest go (counted); oseqs keep counting.
+    small = Outbox("t", capacity=3)
+    assert [small.append({"seq": i}, {}) for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert len(small) == 3 and small.dropped == 2
+    small.ack(4)  # 3 and 4 acknowledged (1 and 2 were dropped, not delivered)
+    assert len(small) == 1 and small.delivered == 2 and small.acked == 4
+    small.extend([({"seq": 6}, {}), ({"seq": 7}, {})])
+    small.ack(100)
+    assert len(small) == 0 and small.delivered == 5
     with pytest.raises(ValueError):
         Outbox("t", linger=-1)
 

@@ -6,7 +6,7 @@ every installed one), routes client calls and syscall hooks to them, and stops t
 gracefully when cancelled. It never imports plugin code (see
 :mod:`nexusfs.services.registry`).
 
-Handshake (worker -> host over the worker's connection): ``host.hello(protocol=2,
+Handshake (worker -> host over the worker's connection): ``host.hello(protocol=3,
 token, name, version, description, pre_hooks, post_hooks, needs, idempotent, pid)``
 answers the service config (``record_store_url``, ``cache_url``, ``data_dir``,
 ``state_dir`` + ``config["service_config"][name]``); after its ``nexus_service_start``
@@ -57,8 +57,9 @@ __all__ = ["EVENT_FIELDS", "OUTCOME_FIELDS", "PROTOCOL", "STATES", "ServiceHost"
 
 log = logging.getLogger("nexusfs.services")
 
-#: 2: ``hook.post`` events and outcomes travel as lists of their fields (1: as maps).
-PROTOCOL = 2
+#: 3: ``hook.post(first, batch=[[event, outcome], ...])``, the oseqs implicit (2: an
+#: oseq in each item; 1: events and outcomes as maps, not lists of their fields).
+PROTOCOL = 3
 #: The wire form of a post-hook event / outcome: these fields, in this order (a list).
 EVENT_FIELDS = ("op", "path", "subject", "dst", "args", "time", "seq")
 OUTCOME_FIELDS = ("ok", "error_code", "message", "revision", "result")
@@ -103,6 +104,8 @@ class ServiceHost:
         self._post: dict[str, tuple[Supervisor, ...]] = {}
         self._pre_all: tuple[Supervisor, ...] = ()
         self._post_all: tuple[Supervisor, ...] = ()
+        #: Post-hook events captured since the outboxes last pulled (see post_event).
+        self._journal: list[tuple[list[Any], list[Any]]] = []
         self._event_seq = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._core_scope: anyio.CancelScope | None = None
@@ -183,6 +186,7 @@ class ServiceHost:
             outbox_capacity=int(self.config.get("outbox_capacity", 100_000)),
             prestarted=self._prestarted.pop(name, None),
         )
+        sup.outbox.pull = self._pull_posts
         self._sups[name] = sup
         assert self._tg is not None, "ServiceHost.run() is not running"
         await self._tg.start(sup.run)
@@ -225,6 +229,7 @@ class ServiceHost:
         (``post_batches``) and events dropped because the queue was full
         (``post_dropped``)."""
         out: list[dict[str, Any]] = []
+        self._pull_posts()  # (so that post_queue counts every captured event)
         for name in sorted(set(self._entries) | set(self._sups)):
             sup = self._sups.get(name)
             entry = self._entries.get(name)
@@ -377,9 +382,7 @@ class ServiceHost:
         order (:data:`EVENT_FIELDS`, :data:`OUTCOME_FIELDS`); the event's ``seq`` may be
         0. Never blocks, never raises; the lists are kept (and may get a ``seq``), so
         the caller must not change them afterwards."""
-        post = self._post.get(event[0])
-        sups = self._post_all if post is None else post + self._post_all
-        if not sups:
+        if not self._post_all and event[0] not in self._post:
             return
         seq = event[_SEQ]
         if not seq:
@@ -387,8 +390,38 @@ class ServiceHost:
             event[_SEQ] = self._event_seq
         elif seq > self._event_seq:
             self._event_seq = seq
-        for sup in sups:
-            sup.outbox.append(event, outcome)
+        journal = self._journal
+        if not journal:  # the first since the last pull: wake the senders that sleep
+            for sup in self._sups.values():
+                sup.outbox.kick()
+        journal.append((event, outcome))
+
+    def _pull_posts(self) -> None:
+        """Move the captured post-hook events into the outboxes of the services that
+        post-hook them, in capture order (who hooks what is looked up now, not at
+        capture). Run by an outbox's sender before it builds a batch: the fan-out of a
+        whole batch at once, off the syscalls' path; when every post-hooking service
+        hooks ``*`` (the usual audit case) it is one list copy per service."""
+        journal = self._journal
+        if not journal:
+            return
+        self._journal = []
+        if not self._post:
+            for sup in self._post_all:
+                sup.outbox.extend(journal)
+            return
+        post_get, post_all = self._post.get, self._post_all
+        per_sup: dict[Supervisor, list[tuple[list[Any], list[Any]]]] = {}
+        for item in journal:
+            post = post_get(item[0][0])
+            for sup in post_all if post is None else post + post_all:
+                got = per_sup.get(sup)
+                if got is None:
+                    per_sup[sup] = [item]
+                else:
+                    got.append(item)
+        for sup, items in per_sup.items():
+            sup.outbox.extend(items)
 
     # -- bus side ----------------------------------------------------------------------
 

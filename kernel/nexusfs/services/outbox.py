@@ -2,27 +2,30 @@
 
 Invariants:
 
-* Every appended item gets the next outbox sequence number ``oseq`` (1, 2, ...);
+* Every queued item gets the next outbox sequence number ``oseq`` (1, 2, ...);
   items are delivered in ``oseq`` order, one batch in flight at a time, so a service
-  sees events in the kernel's order.
+  sees events in the kernel's order. Oseqs are implicit: the queue keeps the oseq of
+  its head, and a batch travels as its first oseq plus its items.
 * An item leaves the queue only when a worker acknowledged it (``hook.post`` answers the
   highest ``oseq`` it processed) or when it is dropped because the queue is full.
   A batch whose delivery failed (worker lost, deadline) is sent again, with the same
   ``oseq`` and the same event (same ``event.seq``), to whichever worker is current next
   - so the successor of a crashed worker gets exactly the unacknowledged events.
-* Bounded: beyond ``capacity`` items the *oldest* is dropped and ``dropped`` counts it
-  (reported by ``ServiceHost.services()``); :meth:`append` never blocks or raises.
-* Batched: :meth:`append` only queues (and wakes the sender when it sleeps). Before
-  each delivery that is not a full batch the sender waits ``linger`` seconds, so a
-  stream of syscalls costs one delivery per ``linger`` (on the kernel's event loop and
-  in the worker) instead of one per syscall. The price is up to ``linger`` of extra
-  delivery delay.
+* Bounded: beyond ``capacity`` items the *oldest* are dropped and ``dropped`` counts
+  them (reported by ``ServiceHost.services()``); :meth:`append` / :meth:`extend` never
+  block or raise.
+* Batched: queueing only queues (and wakes the sender when it sleeps). Before each
+  delivery that is not a full batch the sender waits ``linger`` seconds, so a stream of
+  syscalls costs one delivery per ``linger`` (on the kernel's event loop and in the
+  worker) instead of one per syscall. The price is up to ``linger`` of extra delivery
+  delay.
+* Cheap per event: items are opaque and queued, sliced into batches and acknowledged
+  as whole runs (list operations in C), never one by one in Python.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,8 +38,8 @@ __all__ = ["Outbox"]
 
 log = logging.getLogger("nexusfs.services")
 
-#: ``send(batch) -> highest acknowledged oseq``; raises on failure.
-Sender = Callable[[list[list[Any]]], Awaitable[int]]
+#: ``send(first_oseq, items) -> highest acknowledged oseq``; raises on failure.
+Sender = Callable[[int, list[Any]], Awaitable[int]]
 
 
 class Outbox:
@@ -55,44 +58,58 @@ class Outbox:
         self.retry_delay = retry_delay
         self.linger = linger
         self.batches = 0
-        self._items: deque[list[Any]] = deque()
-        self._next = 1
+        self._items: list[Any] = []
+        self._first = 1  # the oseq of _items[0]
         self.dropped = 0
         self.delivered = 0
         self.acked = 0
         self._wake = anyio.Event()
         self._sleeping = False
+        #: Called by the sender before it looks at its queue (and again after lingering):
+        #: the host moves events captured since into the outboxes (see ``ServiceHost``).
+        self.pull: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
     def append(self, event: Any, outcome: Any) -> int:
-        """Queue one event (in the host's wire form, opaque here); returns its ``oseq``.
-        Never blocks."""
-        oseq = self._next
-        self._next += 1
-        items = self._items
-        if len(items) >= self.capacity:
-            items.popleft()
-            self.dropped += 1
-        items.append([oseq, event, outcome])
+        """Queue one event (in the host's wire form, opaque here) as the item
+        ``(event, outcome)``; returns its ``oseq``. Never blocks."""
+        self.extend([(event, outcome)])
+        return self._first + len(self._items) - 1
+
+    def extend(self, items: list[Any]) -> None:
+        """Queue ``items`` (opaque, one event each) in order. Never blocks; beyond
+        ``capacity`` the oldest items are dropped."""
+        queue = self._items
+        queue.extend(items)
+        overflow = len(queue) - self.capacity
+        if overflow > 0:
+            del queue[:overflow]
+            self._first += overflow
+            self.dropped += overflow
         if self._sleeping:  # wake the sender only when it waits for items
             self._sleeping = False
             self._wake.set()
-        return oseq
+
+    def kick(self) -> None:
+        """Wake the sender if it sleeps for want of items (it then pulls)."""
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
 
     def clear(self) -> None:
         """Forget every pending item (the service was stopped)."""
+        self._first += len(self._items)
         self._items.clear()
 
     def ack(self, upto: int) -> None:
         """Drop every item with ``oseq <= upto``."""
-        items = self._items
-        n = 0
-        while items and items[0][0] <= upto:
-            items.popleft()
-            n += 1
-        self.delivered += n
+        n = min(upto - self._first + 1, len(self._items))
+        if n > 0:
+            del self._items[:n]
+            self._first += n
+            self.delivered += n
         self.acked = max(self.acked, upto)
 
     async def wait_empty(self, timeout: float) -> bool:
@@ -105,10 +122,12 @@ class Outbox:
 
     async def run(self, send: Sender) -> None:
         """Deliver forever (until cancelled): wait for items (and ``linger`` for more),
-        take up to ``batch`` items from the head, ``send`` them, drop what was
-        acknowledged. A failure is retried after ``retry_delay`` (``send`` itself waits
-        for a ready worker)."""
+        take up to ``batch`` items from the head, ``send`` them with the head's oseq,
+        drop what was acknowledged. A failure is retried after ``retry_delay`` (``send``
+        itself waits for a ready worker)."""
         while True:
+            if self.pull is not None:
+                self.pull()
             if not self._items:
                 self._wake = anyio.Event()
                 self._sleeping = True
@@ -119,10 +138,14 @@ class Outbox:
                 continue
             if self.linger > 0 and len(self._items) < self.batch:
                 await anyio.sleep(self.linger)  # let more events share this delivery
-            batch = [self._items[i] for i in range(min(self.batch, len(self._items)))]
+                if self.pull is not None:
+                    self.pull()
+            if not self._items:
+                continue  # (cleared while lingering)
+            batch = self._items[: self.batch]
             self.batches += 1
             try:
-                upto = await send(batch)
+                upto = await send(self._first, batch)
             except DeadlineExceeded:
                 log.warning("service %s: post-hook batch timed out; redelivering", self.name)
                 await anyio.sleep(self.retry_delay)

@@ -500,12 +500,12 @@ class Supervisor:
         except OSError:
             pass
 
-    async def _send_post(self, batch: list[list[Any]]) -> int:
+    async def _send_post(self, first: int, batch: list[Any]) -> int:
         w = await self.wait_ready(None)
         w.inflight += 1
         try:
             assert w.conn is not None
-            return int(await w.conn.request("hook.post", {"batch": batch},
+            return int(await w.conn.request("hook.post", {"first": first, "batch": batch},
                                             timeout=self.policy.post_timeout))
         finally:
             w.done_call()

@@ -17,7 +17,8 @@ or until the kernel connection is lost -> ``nexus_service_stop(ctx)``.
 
 Handlers served to the kernel: every RPC method under its bare name, ``service.ping``,
 ``service.stop``, ``hook.pre`` (event dict -> ``{"veto": reason}`` or ``None``) and
-``hook.post`` (``batch=[[oseq, event, outcome], ...]`` -> highest ``oseq`` processed;
+``hook.post`` (``first=oseq, batch=[[event, outcome], ...]``, the items' oseqs being
+``first``, ``first + 1``, ... -> the highest ``oseq`` processed;
 ``event`` and ``outcome`` are the fields of ``SyscallEvent`` / ``SyscallOutcome`` as lists,
 in declaration order: ``nexusfs.services.host.EVENT_FIELDS`` / ``OUTCOME_FIELDS``).
 
@@ -81,7 +82,7 @@ from nexusfs.services.registry import find_entry_point
 
 __all__ = ["EXIT_FAILURE", "EXIT_LOAD_FAILED", "EXIT_OK", "PROTOCOL", "main"]
 
-PROTOCOL = 2  # = nexusfs.services.host.PROTOCOL (not imported: keeps the worker light)
+PROTOCOL = 3  # = nexusfs.services.host.PROTOCOL (not imported: keeps the worker light)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_LOAD_FAILED = 3
@@ -263,23 +264,24 @@ class Worker:
             return {"veto": res.reason}
         return None
 
-    async def _post(self, batch: list[list[Any]]) -> int:
-        return int(await self._in_thread(functools.partial(self._post_sync, batch)))
+    async def _post(self, first: int, batch: list[list[Any]]) -> int:
+        return int(await self._in_thread(functools.partial(self._post_sync, first, batch)))
 
-    def _post_sync(self, batch: list[list[Any]]) -> int:
+    def _post_sync(self, first: int, batch: list[list[Any]]) -> int:
+        """Run the post-hooks on ``batch`` (oseqs ``first``, ``first + 1``, ...); the
+        highest oseq processed."""
+        last = first + len(batch) - 1
         if batch and self.pm.hook.nexus_post_syscall_batch.get_hookimpls():
-            items = [(SyscallEvent(*e), SyscallOutcome(*o)) for _s, e, o in batch]
+            items = [(SyscallEvent(*e), SyscallOutcome(*o)) for e, o in batch]
             # Raising here leaves the batch unacknowledged: the host delivers it again.
             if self.pm.hook.nexus_post_syscall_batch(ctx=self.ctx, batch=items):
-                return max(int(oseq) for oseq, _e, _o in batch)
-        last = 0
+                return last
         hook = self.pm.hook.nexus_post_syscall
-        for oseq, event, outcome in batch:
+        for event, outcome in batch:
             try:
                 hook(ctx=self.ctx, event=SyscallEvent(*event), outcome=SyscallOutcome(*outcome))
             except Exception:
                 log.exception("nexus_post_syscall failed for event seq %s", event[-1])
-            last = max(last, int(oseq))
         return last
 
 
