@@ -39,6 +39,48 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (e.g. a kernel's service workers and warm spares)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out.append(int(entry))
+    return out
+
+
+def settle(expected: dict[int, int], timeout: float = 20.0) -> bool:
+    """Wait until each process ``pid`` in ``expected`` has at least ``expected[pid]``
+    children (service workers and their warm spares: a spare starts a second after its
+    service) and none of those has used CPU for 0.3 s, so that a measurement starts in
+    the steady state, not during a spare's interpreter start-up. False on timeout."""
+    end = time.monotonic() + timeout
+    last = -1.0
+    while time.monotonic() < end:
+        kids = {pid: children(pid) for pid in expected}
+        total = sum(cpu_seconds(p) for ps in kids.values() for p in ps)
+        if all(len(kids[pid]) >= n for pid, n in expected.items()) and total == last:
+            return True
+        last = total
+        time.sleep(0.3)
+    return False
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

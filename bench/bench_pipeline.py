@@ -40,6 +40,9 @@ from nexusfs.api import FileSystem
 from nexusfs.server import daemon
 from nexusfs.services.registry import installed_services
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import children, cpu_seconds, settle
+
 TARGET = 1.2
 
 NOOP_PLUGIN = textwrap.dedent('''
@@ -82,48 +85,6 @@ def start(data: Path, services: str) -> int:
         del os.environ["NEXUS_SERVICES"]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the kernel's service workers and warm spares)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == pid:
-                out.append(int(entry))
-    return out
-
-
-def settle(pids: dict[str, int], expected: dict[str, int], timeout: float = 20.0) -> None:
-    """Wait until each kernel has its ``expected`` number of worker processes (active
-    workers and warm spares: a spare starts ``first_spare_delay`` after its service) and
-    none of them has used CPU for 0.3 s: the measurement starts in the steady state,
-    not during a spare's interpreter start-up."""
-    end = time.monotonic() + timeout
-    last = -1.0
-    while time.monotonic() < end:
-        kids = {k: children(pid) for k, pid in pids.items()}
-        total = sum(cpu_seconds(p) for ps in kids.values() for p in ps)
-        if all(len(kids[k]) >= n for k, n in expected.items()) and total == last:
-            return
-        last = total
-        time.sleep(0.3)
-    print(f"bench_pipeline: services did not settle within {timeout:.0f} s; measuring anyway")
-
-
 def timed(fn: Callable[[int], object], n: int) -> list[float]:
     out = []
     for i in range(n):
@@ -158,8 +119,10 @@ def main() -> int:
             for fs in conns.values():
                 for i in range(50):
                     fs.write(f"/bench/f{i}", payload)
-            settle(pids, {k: 2 * len(svc.split(",")) if svc else 0
-                          for k, svc in kinds.items()})  # a worker and a spare each
+            # A worker and a warm spare per service (the spare starts a second later).
+            if not settle({pids[k]: 2 * len(svc.split(",")) for k, svc in kinds.items()
+                           if svc}):
+                print("bench_pipeline: services did not settle; measuring anyway")
             workers = {k: children(pid) for k, pid in pids.items()}
             ops: dict[str, Callable[[FileSystem, int], object]] = {
                 "stat": lambda fs, i: fs.stat(f"/bench/f{i % 50}"),

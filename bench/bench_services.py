@@ -17,6 +17,7 @@ Measures, in one run, with a real worker process of the ``echo`` test service
       once (it waits for the replacement worker) - p50 over several crashes.
 Kernel and worker busy-poll as configured (``NEXUS_BUS_BUSY_POLL_US``, default 50 us;
 set it to 0 to see the round trip without; see ``nexusfs.bus._busy_poll``).
+Measuring starts once the worker and its warm spare have started and gone idle.
 Latency rounds interleave raw/floor/host so that machine noise hits all alike; p50 is
 the median of per-round p50s. The event loop (this process = the kernel, the worker and
 the floor server) is ``nexusfs.bus.runner``'s choice (``NEXUS_EVENT_LOOP``). Always
@@ -48,7 +49,7 @@ sys.path.insert(0, str(PLUGINS))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(PLUGINS), str(ROOT / "kernel"), os.environ.get("PYTHONPATH")) if p)
 
-from _common import Row, machine_line, print_table  # noqa: E402
+from _common import Row, machine_line, print_table, settle  # noqa: E402
 from nexusfs.bus.runner import event_loop_name  # noqa: E402
 from nexusfs.bus.runner import run as run_loop  # noqa: E402
 from nexusfs.services.host import ServiceHost  # noqa: E402
@@ -161,6 +162,10 @@ async def bench(quick: bool) -> list[Row]:
         await tg.start(host.run)
         call = host.call
         await call("echo", "echo", {}, deadline=time.time() + 30)
+        # The worker's warm spare starts a second after it: measure once it is idle.
+        # (This process also has the two baseline servers as children.)
+        if not await anyio.to_thread.run_sync(settle, {os.getpid(): 4}):
+            print("bench_services: the service did not settle; measuring anyway")
 
         async def host_round(n: int, method: str = "echo",
                              args: dict[str, int] | None = None) -> list[float]:
