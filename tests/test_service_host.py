@@ -437,7 +437,7 @@ async def test_outbox_lingers_to_batch_and_redelivers() -> None:
 
     async def send(first: int, batch: list[Any]) -> int:
         sent.append([first + i for i in range(len(batch))])
-        assert [event["seq"] for event, _outcome in batch] == sent[-1]
+        assert [item["seq"] for item in batch] == sent[-1]
         if fail[0]:
             fail[0] = False
             raise NexusError("worker lost")  # the same items must come again
@@ -445,10 +445,10 @@ async def test_outbox_lingers_to_batch_and_redelivers() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(box.run, send)
-        box.append({"seq": 1}, {})
+        box.append({"seq": 1})
         await anyio.sleep(0.05)
         for i in range(2, 11):  # arrive while the first one lingers
-            box.append({"seq": i}, {})
+            box.append({"seq": i})
             await anyio.sleep(0)
         await wait_for(lambda: len(box) == 0, what="delivery")
         tg.cancel_scope.cancel()
@@ -456,11 +456,11 @@ async def test_outbox_lingers_to_batch_and_redelivers() -> None:
     assert box.delivered == 10 and box.acked == 10 and box.batches == 2
     # Bounded: beyond capacity the oldest go (counted); oseqs keep counting.
     small = Outbox("t", capacity=3)
-    assert [small.append({"seq": i}, {}) for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert [small.append({"seq": i}) for i in range(1, 6)] == [1, 2, 3, 4, 5]
     assert len(small) == 3 and small.dropped == 2
     small.ack(4)  # 3 and 4 acknowledged (1 and 2 were dropped, not delivered)
     assert len(small) == 1 and small.delivered == 2 and small.acked == 4
-    small.extend([({"seq": 6}, {}), ({"seq": 7}, {})])
+    small.extend([{"seq": 6}, {"seq": 7}])
     small.ack(100)
     assert len(small) == 0 and small.delivered == 5
     with pytest.raises(ValueError):
@@ -549,11 +549,12 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
     from nexusfs.errors import NotFound
     from nexusfs.metadata.inode import EntryType, FileMetadata
     from nexusfs.server.pipeline import Pipeline
-    from nexusfs.services.host import EVENT_FIELDS, OUTCOME_FIELDS
+    from nexusfs.services.host import EVENT_FIELDS, OUTCOME_FIELDS, POST_FIELDS
+    from nexusfs.services.worker import _from_wire
 
     class PostOnly:
         def __init__(self) -> None:
-            self.posted: list[tuple[list[Any], list[Any]]] = []
+            self.posted: list[tuple[Any, ...]] = []
 
         def has_pre_hooks(self, op: str) -> bool:
             return False
@@ -567,8 +568,8 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
         def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
             raise AssertionError("the post-only path posts wire events")
 
-        def post_event(self, event: list[Any], outcome: list[Any]) -> None:
-            self.posted.append((event, outcome))
+        def post(self, item: tuple[Any, ...]) -> None:
+            self.posted.append(item)
 
     host = PostOnly()
     pipe = Pipeline(host)
@@ -586,8 +587,10 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
     assert await pipe.run("copy", "/c", lambda: 5, threaded=True) == 5  # in a thread
     assert await pipe.run("readdir", "/", lambda: []) == []  # not hooked: nothing posted
     (ev1, out1), (ev2, out2), (ev3, out3) = [
-        (dict(zip(EVENT_FIELDS, e, strict=True)), dict(zip(OUTCOME_FIELDS, o, strict=True)))
-        for e, o in host.posted]
+        (dict(zip(EVENT_FIELDS, item, strict=False)),
+         dict(zip(OUTCOME_FIELDS, item[len(EVENT_FIELDS):], strict=True)))
+        for item in host.posted]
+    assert all(len(item) == len(POST_FIELDS) for item in host.posted)
     assert {k: ev1[k] for k in ("op", "path", "subject", "dst", "args")} == {
         "op": "write", "path": "/a/b", "subject": "alice", "dst": None, "args": {"size": 3}}
     assert ev1["seq"] < ev2["seq"] < ev3["seq"] and ev1["time"] > 0
@@ -595,8 +598,10 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
                     "result": {"size": 3, "version": 7, "content_id": "c1", "type": "file"}}
     assert (out2["ok"], out2["error_code"]) == (False, "not_found")
     assert "no such file" in out2["message"] and ev3["op"] == "copy" and out3["ok"]
-    # What the worker rebuilds from the wire form is the same event.
-    assert SyscallEvent(*host.posted[0][0]).path == "/a/b"
+    # What the worker rebuilds from the wire form (a list, after msgpack) is the same.
+    event, outcome = _from_wire(list(host.posted[0]))
+    assert (event.op, event.path, event.seq, outcome.revision) == (
+        "write", "/a/b", ev1["seq"], 7)
 
 
 @pytest.mark.anyio

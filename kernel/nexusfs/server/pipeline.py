@@ -12,10 +12,10 @@ what installed services contribute. For each syscall:
    for them) with the outcome, success or typed error.
 3. When no pre-hook applies, the syscall runs synchronously (:meth:`Pipeline.run_now`:
    the bus answers it without a task). When only post-hooks apply (no watcher either:
-   the common case of an audit service), the event and outcome are built straight in
-   their wire form (the fields of ``SyscallEvent`` / ``SyscallOutcome`` as lists, see
-   ``HookHost.post_event``) - the caller's whole cost is two small lists and an
-   in-memory enqueue; delivery happens later, batched, off the caller's path.
+   the common case of an audit service), the event and outcome are captured straight
+   in their wire form (the fields of ``SyscallEvent`` then ``SyscallOutcome``, one
+   tuple, see ``HookHost.post``) - the caller's whole cost is that tuple and a list
+   append; fan-out and delivery happen later, batched, off the caller's path.
 
 Sequence numbers are microsecond timestamps made strictly increasing, so they stay
 unique across restarts of the kernel process (as long as the clock does not go back by
@@ -34,6 +34,7 @@ from nexusfs import paths
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.metadata.inode import EntryType, FileMetadata
+from nexusfs.paths import normalize
 
 if TYPE_CHECKING:
     from nexusfs.server.gate import PermissionGate
@@ -50,7 +51,7 @@ class HookHost(Protocol):
     def has_post_hooks(self, op: str) -> bool: ...
     async def pre_syscall(self, event: SyscallEvent) -> None: ...
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None: ...
-    def post_event(self, event: list[Any], outcome: list[Any]) -> None: ...
+    def post(self, item: tuple[Any, ...]) -> None: ...
 
 
 class Pipeline:
@@ -130,13 +131,13 @@ class Pipeline:
         if not self._watchers and (host is None or not host.has_pre_hooks(op)):
             if host is None or not host.has_post_hooks(op):
                 return await anyio.to_thread.run_sync(fn)
-            wire_event = self._post_event(op, path, subject, dst, args)
+            head = self._post_head(op, path, subject, dst, args)
             try:
                 result = await anyio.to_thread.run_sync(fn)
             except BaseException as exc:
-                self._post_failure(host, wire_event, exc)
+                self._post_failure(host, head, exc)
                 raise
-            host.post_event(wire_event, outcome_wire(result))
+            host.post(head + outcome_wire(result))
             return result
         event = self.event(op, path, subject=subject, dst=dst, args=args)
         await self._pre_hooks(event)
@@ -186,32 +187,50 @@ class Pipeline:
             return result
         if host is None or not host.has_post_hooks(op):
             return fn()
-        # Post-hooks only: the event goes straight to its wire form.
-        wire_event = self._post_event(op, path, subject, dst, args)
+        # Post-hooks only (the audit case): the event is captured straight in its wire
+        # form. This runs on every hooked syscall, so _post_head and outcome_wire are
+        # inlined here.
+        now = time.time_ns()
+        seq = now // 1000
+        if seq <= self._last_seq:
+            seq = self._last_seq + 1
+        self._last_seq = seq
+        try:
+            path = normalize(path)
+            if dst is not None:
+                dst = normalize(dst)
+        except NexusError:
+            pass  # the syscall itself reports the invalid path
         try:
             result = fn()
         except BaseException as exc:
-            self._post_failure(host, wire_event, exc)
+            self._post_failure(host, (op, path, subject, dst, args or {}, now / 1e9, seq),
+                               exc)
             raise
-        host.post_event(wire_event, outcome_wire(result))
+        if isinstance(result, FileMetadata):
+            host.post((op, path, subject, dst, args or {}, now / 1e9, seq, *outcome_wire(result)))
+        else:
+            host.post((op, path, subject, dst, args or {}, now / 1e9, seq,
+                       True, None, None, None, {}))
         return result
 
-    def _post_event(self, op: str, path: str, subject: str | None, dst: str | None,
-                    args: dict[str, Any] | None) -> list[Any]:
+    def _post_head(self, op: str, path: str, subject: str | None, dst: str | None,
+                   args: dict[str, Any] | None) -> tuple[Any, ...]:
+        """The event fields of a post-hook item (see ``HookHost.post``)."""
         try:
-            path = paths.normalize(path)
-            dst = None if dst is None else paths.normalize(dst)
+            path = normalize(path)
+            dst = None if dst is None else normalize(dst)
         except NexusError:
             pass  # the syscall itself reports the invalid path
         now, seq = self._stamp()
-        return [op, path, subject, dst, args or {}, now, seq]
+        return (op, path, subject, dst, args or {}, now, seq)
 
     @staticmethod
-    def _post_failure(host: HookHost, event: list[Any], exc: BaseException) -> None:
+    def _post_failure(host: HookHost, head: tuple[Any, ...], exc: BaseException) -> None:
         if isinstance(exc, NexusError):
-            host.post_event(event, _failure(exc.code, str(exc)))
+            host.post((*head, False, exc.code, str(exc), None, {}))
         elif isinstance(exc, Exception):
-            host.post_event(event, _failure("internal", str(exc)))
+            host.post((*head, False, "internal", str(exc), None, {}))
 
     async def pre(self, op: str, path: str, **kw: Any) -> SyscallEvent | None:
         """Run the pre-hooks of a syscall that completes later (streaming handles);
@@ -267,21 +286,17 @@ class Pipeline:
         return SyscallEvent(op, path, subject, dst, args or {}, now, seq)
 
 
-def _failure(code: str, message: str) -> list[Any]:
-    return [False, code, message, None, {}]
-
-
 _TYPE_NAMES = {t: t.name.lower() for t in EntryType}
 
 
-def outcome_wire(result: Any) -> list[Any]:
-    """:func:`outcome_of` in its wire form (the ``SyscallOutcome`` fields as a list, what
-    ``HookHost.post_event`` takes)."""
+def outcome_wire(result: Any) -> tuple[Any, ...]:
+    """:func:`outcome_of` in its wire form (the ``SyscallOutcome`` fields as a tuple,
+    the tail of what ``HookHost.post`` takes)."""
     if isinstance(result, FileMetadata):
-        return [True, None, None, result.version or None,
+        return (True, None, None, result.version or None,
                 {"size": result.size, "version": result.version,
-                 "content_id": result.content_id, "type": _TYPE_NAMES[result.entry_type]}]
-    return [True, None, None, None, {}]
+                 "content_id": result.content_id, "type": _TYPE_NAMES[result.entry_type]})
+    return (True, None, None, None, {})
 
 
 def outcome_of(result: Any) -> SyscallOutcome:

@@ -24,7 +24,7 @@ Failure semantics (also in each method's docstring):
 * :meth:`pre_syscall` - fails closed: a veto raises ``PermissionDenied``; an error,
   a timeout or a hooking service that is not ready in time raises ``ServiceUnavailable``.
   A syscall is never silently allowed because a hook could not run.
-* :meth:`post_syscall` / :meth:`post_event` - never block or raise: the caller's whole
+* :meth:`post_syscall` / :meth:`post` - never block or raise: the caller's whole
   cost is an in-memory enqueue; at-least-once, ordered, batched delivery via each
   interested service's :class:`~nexusfs.services.outbox.Outbox` (which waits
   ``supervisor.post_linger`` seconds so that a stream of syscalls shares deliveries).
@@ -52,17 +52,20 @@ from nexusfs.services._worker_handle import Policy, WorkerHandle
 from nexusfs.services.registry import ServiceEntry, installed_services
 from nexusfs.services.supervisor import STATES, Supervisor
 
-__all__ = ["EVENT_FIELDS", "OUTCOME_FIELDS", "PROTOCOL", "STATES", "ServiceHost",
+__all__ = ["EVENT_FIELDS", "OUTCOME_FIELDS", "POST_FIELDS", "PROTOCOL", "STATES", "ServiceHost",
            "UnknownService"]
 
 log = logging.getLogger("nexusfs.services")
 
-#: 3: ``hook.post(first, batch=[[event, outcome], ...])``, the oseqs implicit (2: an
-#: oseq in each item; 1: events and outcomes as maps, not lists of their fields).
+#: 3: ``hook.post(first, batch=[item, ...])``, an item being the ``POST_FIELDS`` of one
+#: event and the oseqs implicit (2: ``[oseq, event, outcome]`` items; 1: events and
+#: outcomes as maps, not lists of their fields).
 PROTOCOL = 3
-#: The wire form of a post-hook event / outcome: these fields, in this order (a list).
+#: The wire form of a post-hook event: the fields of ``SyscallEvent`` then those of
+#: ``SyscallOutcome``, in declaration order, in one list (a tuple in the kernel).
 EVENT_FIELDS = ("op", "path", "subject", "dst", "args", "time", "seq")
 OUTCOME_FIELDS = ("ok", "error_code", "message", "revision", "result")
+POST_FIELDS = EVENT_FIELDS + OUTCOME_FIELDS
 _SEQ = EVENT_FIELDS.index("seq")
 if tuple(f.name for f in fields(SyscallEvent)) != EVENT_FIELDS or tuple(
         f.name for f in fields(SyscallOutcome)) != OUTCOME_FIELDS:  # pragma: no cover
@@ -104,8 +107,8 @@ class ServiceHost:
         self._post: dict[str, tuple[Supervisor, ...]] = {}
         self._pre_all: tuple[Supervisor, ...] = ()
         self._post_all: tuple[Supervisor, ...] = ()
-        #: Post-hook events captured since the outboxes last pulled (see post_event).
-        self._journal: list[tuple[list[Any], list[Any]]] = []
+        #: Post-hook events captured since the outboxes last pulled (see post).
+        self._journal: list[tuple[Any, ...]] = []
         self._event_seq = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._core_scope: anyio.CancelScope | None = None
@@ -369,32 +372,27 @@ class ServiceHost:
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
         """Queue ``(event, outcome)`` for every service post-hooking ``event.op``.
         Never blocks, never raises. ``event.seq == 0`` gets a host sequence number."""
-        self.post_event(
-            [event.op, event.path, event.subject, event.dst, event.args,
-             event.time or time.time(), event.seq],
-            [outcome.ok, outcome.error_code, outcome.message, outcome.revision,
-             outcome.result],
-        )
+        self.post((event.op, event.path, event.subject, event.dst, event.args,
+                   event.time or time.time(), event.seq, outcome.ok, outcome.error_code,
+                   outcome.message, outcome.revision, outcome.result))
 
-    def post_event(self, event: list[Any], outcome: list[Any]) -> None:
-        """:meth:`post_syscall` with the event and outcome already in their wire form:
-        the fields of ``SyscallEvent`` and ``SyscallOutcome`` as lists, in declaration
-        order (:data:`EVENT_FIELDS`, :data:`OUTCOME_FIELDS`); the event's ``seq`` may be
-        0. Never blocks, never raises; the lists are kept (and may get a ``seq``), so
-        the caller must not change them afterwards."""
-        if not self._post_all and event[0] not in self._post:
+    def post(self, item: tuple[Any, ...]) -> None:
+        """:meth:`post_syscall` with the event and outcome in their wire form: the
+        :data:`POST_FIELDS` as one tuple (the event's ``seq`` may be 0). Never blocks,
+        never raises; the item is kept as it is (its values must not change)."""
+        if not self._post_all and item[0] not in self._post:
             return
-        seq = event[_SEQ]
+        seq = item[_SEQ]
         if not seq:
             self._event_seq += 1
-            event[_SEQ] = self._event_seq
+            item = (*item[:_SEQ], self._event_seq, *item[_SEQ + 1:])
         elif seq > self._event_seq:
             self._event_seq = seq
         journal = self._journal
         if not journal:  # the first since the last pull: wake the senders that sleep
             for sup in self._sups.values():
                 sup.outbox.kick()
-        journal.append((event, outcome))
+        journal.append(item)
 
     def _pull_posts(self) -> None:
         """Move the captured post-hook events into the outboxes of the services that
@@ -411,9 +409,9 @@ class ServiceHost:
                 sup.outbox.extend(journal)
             return
         post_get, post_all = self._post.get, self._post_all
-        per_sup: dict[Supervisor, list[tuple[list[Any], list[Any]]]] = {}
+        per_sup: dict[Supervisor, list[tuple[Any, ...]]] = {}
         for item in journal:
-            post = post_get(item[0][0])
+            post = post_get(item[0])
             for sup in post_all if post is None else post + post_all:
                 got = per_sup.get(sup)
                 if got is None:

@@ -72,10 +72,10 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, event: Any, outcome: Any) -> int:
-        """Queue one event (in the host's wire form, opaque here) as the item
-        ``(event, outcome)``; returns its ``oseq``. Never blocks."""
-        self.extend([(event, outcome)])
+    def append(self, item: Any) -> int:
+        """Queue one event (in the host's wire form, opaque here); returns its
+        ``oseq``. Never blocks."""
+        self.extend([item])
         return self._first + len(self._items) - 1
 
     def extend(self, items: list[Any]) -> None:

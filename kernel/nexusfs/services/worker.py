@@ -17,10 +17,10 @@ or until the kernel connection is lost -> ``nexus_service_stop(ctx)``.
 
 Handlers served to the kernel: every RPC method under its bare name, ``service.ping``,
 ``service.stop``, ``hook.pre`` (event dict -> ``{"veto": reason}`` or ``None``) and
-``hook.post`` (``first=oseq, batch=[[event, outcome], ...]``, the items' oseqs being
-``first``, ``first + 1``, ... -> the highest ``oseq`` processed;
-``event`` and ``outcome`` are the fields of ``SyscallEvent`` / ``SyscallOutcome`` as lists,
-in declaration order: ``nexusfs.services.host.EVENT_FIELDS`` / ``OUTCOME_FIELDS``).
+``hook.post`` (``first=oseq, batch=[item, ...]``, the items' oseqs being ``first``,
+``first + 1``, ... -> the highest ``oseq`` processed; an item is the fields of
+``SyscallEvent`` then those of ``SyscallOutcome``, in declaration order, as one list:
+``nexusfs.services.host.POST_FIELDS``).
 
 Exit codes (the supervisor's contract): 0 = stopped cleanly (or the kernel went away);
 1 = runtime failure (``nexus_service_start`` raised, ...) -> restart with backoff;
@@ -272,17 +272,25 @@ class Worker:
         highest oseq processed."""
         last = first + len(batch) - 1
         if batch and self.pm.hook.nexus_post_syscall_batch.get_hookimpls():
-            items = [(SyscallEvent(*e), SyscallOutcome(*o)) for e, o in batch]
+            items = [_from_wire(e) for e in batch]
             # Raising here leaves the batch unacknowledged: the host delivers it again.
             if self.pm.hook.nexus_post_syscall_batch(ctx=self.ctx, batch=items):
                 return last
         hook = self.pm.hook.nexus_post_syscall
-        for event, outcome in batch:
+        for e in batch:
+            event, outcome = _from_wire(e)
             try:
-                hook(ctx=self.ctx, event=SyscallEvent(*event), outcome=SyscallOutcome(*outcome))
+                hook(ctx=self.ctx, event=event, outcome=outcome)
             except Exception:
-                log.exception("nexus_post_syscall failed for event seq %s", event[-1])
+                log.exception("nexus_post_syscall failed for event seq %s", event.seq)
         return last
+
+
+def _from_wire(e: list[Any]) -> tuple[SyscallEvent, SyscallOutcome]:
+    """A post-hook item (``nexusfs.services.host.POST_FIELDS``) as its event and
+    outcome."""
+    return (SyscallEvent(e[0], e[1], e[2], e[3], e[4], e[5], e[6]),
+            SyscallOutcome(e[7], e[8], e[9], e[10], e[11]))
 
 
 def _setup_logging(name: str) -> None:
