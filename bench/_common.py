@@ -49,6 +49,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_time(pid: int) -> float:
+    """CPU seconds used so far by every thread of process ``pid``, exactly (the
+    scheduler's own accounting, ``/proc/PID/task/*/schedstat``; 0 if it is gone)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # (a thread that just ended)
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (e.g. a kernel's service workers and warm spares)."""
     out = []
