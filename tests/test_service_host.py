@@ -420,6 +420,35 @@ def _alive(pid: int) -> bool:
 # -- units of the hot paths: outbox batching, the worker's thread pool, ctx.kernel ------
 
 
+@pytest.mark.anyio
+async def test_outbox_lingers_longer_under_load() -> None:
+    """Sparse events leave after one linger, a few at a time; a fast stream keeps the
+    sender lingering (up to max_linger) until half a batch is queued."""
+    from nexusfs.services.outbox import Outbox
+
+    box = Outbox("t", batch=64, linger=0.02, max_linger=2.0)
+    sizes: list[int] = []
+
+    async def send(first: int, batch: list[Any]) -> int:
+        sizes.append(len(batch))
+        return first + len(batch) - 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(box.run, send)
+        box.append({"seq": 1})  # sparse: one event, nothing follows within the linger
+        await wait_for(lambda: box.delivered == 1, what="the sparse event")
+        t0 = time.monotonic()
+        for i in range(2, 40):  # a stream: well over 2 (= 64 // 32) per linger
+            box.append({"seq": i})
+            await anyio.sleep(0.001)
+        await wait_for(lambda: box.delivered == 39, what="the stream")
+        tg.cancel_scope.cancel()
+    assert sizes[0] == 1
+    assert sizes[1] >= 32, sizes  # lingered past the first 20 ms, to half a batch
+    assert time.monotonic() - t0 < 1.5  # (never past max_linger)
+    assert Outbox("t", linger=0.1, max_linger=0.05).max_linger == 0.1  # (at least linger)
+
+
 def test_worker_speaks_the_hosts_protocol() -> None:
     from nexusfs.services import host, worker
 

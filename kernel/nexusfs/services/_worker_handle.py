@@ -42,7 +42,8 @@ __all__ = ["Policy", "PopenProcess", "WorkerHandle", "close_proc", "describe_exi
 class Policy:
     """Supervision knobs (all seconds unless named otherwise); ``from_config`` reads
     ``config["supervisor"]``. ``post_linger``: how long post-hook events wait for more
-    to share their delivery batch (:class:`~nexusfs.services.outbox.Outbox`)."""
+    to share their delivery batch; ``post_max_linger``: how long at most under load
+    (:class:`~nexusfs.services.outbox.Outbox`)."""
 
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 1.0
@@ -58,6 +59,7 @@ class Policy:
     stop_timeout: float = 5.0
     post_timeout: float = 30.0
     post_linger: float = 0.005
+    post_max_linger: float = 0.05
     warm_spare: bool = True
     #: After a service's first start, its warm spare waits this long, so that it does not
     #: compete for the CPU with the kernel's own start-up.

@@ -27,7 +27,8 @@ Failure semantics (also in each method's docstring):
 * :meth:`post_syscall` / :meth:`post` - never block or raise: the caller's whole
   cost is an in-memory enqueue; at-least-once, ordered, batched delivery via each
   interested service's :class:`~nexusfs.services.outbox.Outbox` (which waits
-  ``supervisor.post_linger`` seconds so that a stream of syscalls shares deliveries).
+  ``supervisor.post_linger`` seconds, under load up to ``supervisor.post_max_linger``,
+  so that a stream of syscalls shares deliveries).
 """
 
 from __future__ import annotations

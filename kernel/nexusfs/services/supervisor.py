@@ -105,7 +105,8 @@ class Supervisor:
         self.log_path = run_dir / "services" / f"{self.name}.log"
         self.state_dir = data_dir / "services" / self.name
         self.env = env or {}
-        self.outbox = Outbox(self.name, capacity=outbox_capacity, linger=policy.post_linger)
+        self.outbox = Outbox(self.name, capacity=outbox_capacity, linger=policy.post_linger,
+                             max_linger=policy.post_max_linger)
         self.current: WorkerHandle | None = None
         self.wanted = False
         self.failed = False
