@@ -16,7 +16,8 @@ idle (a spare's interpreter start-up, one second after its service's, is not a c
 the syscalls). The same client calls alternate between the three in rounds, so machine
 noise hits all alike; the figure is the median over rounds of each round's ratio of
 median latencies (paired: the rounds of a comparison run back to back; target: at most
-1.2x). The kernel
+1.2x). A round is long (hundreds of calls) next to a post-hook delivery's linger, so
+that a kernel's deliveries fall mostly into its own rounds. The kernel
 process's CPU time per syscall (the scheduler's exact accounting, every process of the
 kernel's service workers separately) shows where the time goes.
 
@@ -103,7 +104,7 @@ def main() -> int:
     if "hooks" not in installed_services():
         print("bench_pipeline: nexusfs-hooks is not installed; skipped")
         return 0
-    rounds, per_round = (8, 100) if args.quick else (12, 400)
+    rounds, per_round = (6, 400) if args.quick else (10, 1000)
     base = Path(tempfile.mkdtemp(prefix="nexus-bench-pipeline-"))
     plugins = install_noop(base / "plugins")
     os.environ["PYTHONPATH"] = os.pathsep.join(
