@@ -72,7 +72,9 @@ def test_every_syscall_is_audited_with_its_subject_and_result(kernel: Path) -> N
             ("read", "/docs/missing", False),
         ]
         assert events[1]["dst"] == "/docs/b.md"
-        assert events[2]["error_code"] == "not_found"
+        # Mutations report the revision they committed (rename and write alike).
+        assert events[0]["revision"] and events[1]["revision"]
+        assert events[2]["error_code"] == "not_found" and events[2]["revision"] is None
         assert {e["subject"] for e in events} == {"user:alice"}
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3

@@ -299,21 +299,20 @@ class Session:
             "fs.readdir": lambda path, **kw: run(
                 "readdir", path, lambda: wire.listing_to_wire(fs.readdir(path, **kw))
             ),
-            "fs.mkdir": lambda path, **kw: run(
-                "mkdir", path, lambda: wire.meta_to_wire(fs.mkdir(path, **kw)), args=kw
-            ),
+            # Mutations hand their FileMetadata to the pipeline (the post-hooks see its
+            # revision and summary) and only then take their wire form.
+            "fs.mkdir": lambda path, **kw: _meta_answer(
+                run("mkdir", path, lambda: fs.mkdir(path, **kw), args=kw)),
             "fs.rmdir": lambda path, recursive=False: run(
                 "rmdir", path, lambda: fs.rmdir(path, recursive=recursive),
                 args={"recursive": recursive}, threaded=True,
             ),
             "fs.unlink": lambda path: run("unlink", path, lambda: fs.unlink(path)),
-            "fs.rename": lambda src, dst: run(
-                "rename", src, lambda: wire.meta_to_wire(fs.rename(src, dst)), dst=dst
-            ),
-            "fs.copy": lambda src, dst, overwrite=True: run(
-                "copy", src, lambda: wire.meta_to_wire(fs.copy(src, dst, overwrite=overwrite)),
-                dst=dst, threaded=True,
-            ),
+            "fs.rename": lambda src, dst: _meta_answer(
+                run("rename", src, lambda: fs.rename(src, dst), dst=dst)),
+            "fs.copy": lambda src, dst, overwrite=True: _meta_answer(run(
+                "copy", src, lambda: fs.copy(src, dst, overwrite=overwrite),
+                dst=dst, threaded=True)),
             "fs.mount": lambda path, uri: run(
                 "mount", path, lambda: wire.mount_to_wire(fs.mount(path, uri)), args={"uri": uri}
             ),
@@ -537,13 +536,10 @@ class Session:
     def write(self, path: str, data: bytes, **opts: Any) -> Any:
         """The new inode (a coroutine for it when pre-hooks apply or ``data`` is over
         1 MiB, which is written in a thread)."""
-        res = self._run(
+        return _meta_answer(self._run(
             "write", path, lambda: self.fs.write(path, data, **opts),
             args={"size": len(data)}, threaded=len(data) > (1 << 20),
-        )  # fmt: skip
-        if isinstance(res, FileMetadata):
-            return wire.meta_to_wire(res)
-        return _then(res, wire.meta_to_wire)
+        ))  # fmt: skip
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> Any:
         """Small ranges come back whole; a range over ``READ_CHUNK`` comes back as its
@@ -678,6 +674,14 @@ class Session:
 
 async def _then(awaitable: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:
     return convert(await awaitable)
+
+
+def _meta_answer(res: Any) -> Any:
+    """The wire form of a syscall's ``FileMetadata`` result, or a coroutine for it when
+    the syscall runs in a task (``Session._run``)."""
+    if isinstance(res, FileMetadata):
+        return wire.meta_to_wire(res)
+    return _then(res, wire.meta_to_wire)
 
 
 class _WatchDelivery:
