@@ -85,7 +85,9 @@ def settle(expected: dict[int, int], timeout: float = 20.0) -> bool:
     """Wait until each process ``pid`` in ``expected`` has at least ``expected[pid]``
     children (service workers and their warm spares: a spare starts a second after its
     service) and none of those has used CPU for 0.3 s, so that a measurement starts in
-    the steady state, not during a spare's interpreter start-up. False on timeout."""
+    the steady state, not during a spare's interpreter start-up. False on timeout.
+    (CPU in clock ticks, :func:`cpu_seconds`: an idle worker's heartbeats, a few
+    microseconds, would never let :func:`cpu_time` stand still.)"""
     end = time.monotonic() + timeout
     last = -1.0
     while time.monotonic() < end:

@@ -34,7 +34,6 @@ from nexusfs import paths
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
 from nexusfs.metadata.inode import EntryType, FileMetadata
-from nexusfs.paths import normalize
 
 if TYPE_CHECKING:
     from nexusfs.server.gate import PermissionGate
@@ -188,38 +187,23 @@ class Pipeline:
         if host is None or not host.has_post_hooks(op):
             return fn()
         # Post-hooks only (the audit case): the event is captured straight in its wire
-        # form. This runs on every hooked syscall, so _post_head and outcome_wire are
-        # inlined here.
-        now = time.time_ns()
-        seq = now // 1000
-        if seq <= self._last_seq:
-            seq = self._last_seq + 1
-        self._last_seq = seq
-        try:
-            path = normalize(path)
-            if dst is not None:
-                dst = normalize(dst)
-        except NexusError:
-            pass  # the syscall itself reports the invalid path
+        # form.
+        head = self._post_head(op, path, subject, dst, args)
         try:
             result = fn()
         except BaseException as exc:
-            self._post_failure(host, (op, path, subject, dst, args or {}, now / 1e9, seq),
-                               exc)
+            self._post_failure(host, head, exc)
             raise
-        if isinstance(result, FileMetadata):
-            host.post((op, path, subject, dst, args or {}, now / 1e9, seq, *outcome_wire(result)))
-        else:
-            host.post((op, path, subject, dst, args or {}, now / 1e9, seq,
-                       True, None, None, None, {}))
+        host.post(head + outcome_wire(result))
         return result
 
     def _post_head(self, op: str, path: str, subject: str | None, dst: str | None,
                    args: dict[str, Any] | None) -> tuple[Any, ...]:
-        """The event fields of a post-hook item (see ``HookHost.post``)."""
+        """The event fields (of a ``SyscallEvent``, of a post-hook item: see
+        ``HookHost.post``), paths normalised and stamped now."""
         try:
-            path = normalize(path)
-            dst = None if dst is None else normalize(dst)
+            path = paths.normalize(path)
+            dst = None if dst is None else paths.normalize(dst)
         except NexusError:
             pass  # the syscall itself reports the invalid path
         now, seq = self._stamp()
@@ -277,13 +261,7 @@ class Pipeline:
         dst: str | None = None,
         args: dict[str, Any] | None = None,
     ) -> SyscallEvent:
-        try:
-            path = paths.normalize(path)
-            dst = None if dst is None else paths.normalize(dst)
-        except NexusError:
-            pass  # the syscall itself reports the invalid path
-        now, seq = self._stamp()
-        return SyscallEvent(op, path, subject, dst, args or {}, now, seq)
+        return SyscallEvent(*self._post_head(op, path, subject, dst, args))
 
 
 _TYPE_NAMES = {t: t.name.lower() for t in EntryType}
