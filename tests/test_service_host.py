@@ -574,16 +574,21 @@ async def test_kernel_client_from_any_thread_but_the_loop(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
-async def test_pipeline_post_only_path_builds_wire_events() -> None:
+async def test_pipeline_post_only_path_captures_then_builds_wire_events() -> None:
+    """The post-only path appends capture tuples to the host's journal (kicking the
+    senders once, when it was empty); ``wire_items`` turns them into wire events
+    (normalised paths, summarised metadata, typed failures) that the worker reads."""
     from nexusfs.errors import NotFound
     from nexusfs.metadata.inode import EntryType, FileMetadata
     from nexusfs.server.pipeline import Pipeline
+    from nexusfs.services.capture import CAPTURE_FIELDS, wire_items
     from nexusfs.services.host import EVENT_FIELDS, OUTCOME_FIELDS, POST_FIELDS
     from nexusfs.services.worker import _from_wire
 
     class PostOnly:
         def __init__(self) -> None:
-            self.posted: list[tuple[Any, ...]] = []
+            self.journal: list[tuple[Any, ...]] = []
+            self.kicks = 0
 
         def has_pre_hooks(self, op: str) -> bool:
             return False
@@ -595,10 +600,13 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
             raise AssertionError("no pre-hooks here")
 
         def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
-            raise AssertionError("the post-only path posts wire events")
+            raise AssertionError("the post-only path captures")
 
         def post(self, item: tuple[Any, ...]) -> None:
-            self.posted.append(item)
+            raise AssertionError("the post-only path captures")
+
+        def kick(self) -> None:
+            self.kicks += 1
 
     host = PostOnly()
     pipe = Pipeline(host)
@@ -607,6 +615,7 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
     assert pipe.runs_now("write")
     assert pipe.run_now("write", "/a//b/", lambda: meta, subject="alice",
                         args={"size": 3}) is meta
+    assert host.kicks == 1
 
     def missing() -> None:
         raise NotFound("no such file", path="/x")
@@ -615,22 +624,56 @@ async def test_pipeline_post_only_path_builds_wire_events() -> None:
         await pipe.run("stat", "/x", missing)
     assert await pipe.run("copy", "/c", lambda: 5, threaded=True) == 5  # in a thread
     assert await pipe.run("readdir", "/", lambda: []) == []  # not hooked: nothing posted
-    (ev1, out1), (ev2, out2), (ev3, out3) = [
+    buf = bytearray(b"data")
+    assert pipe.run_now("read", "/r", lambda: buf, subject="bob") is buf
+    assert host.kicks == 1 and len(host.journal) == 4
+    assert all(len(c) == len(CAPTURE_FIELDS) for c in host.journal)
+    assert all(c[-1] is not buf for c in host.journal)  # a mutable result is not kept
+    wire = wire_items(host.journal)
+    (ev1, out1), (ev2, out2), (ev3, out3), (ev4, out4) = [
         (dict(zip(EVENT_FIELDS, item, strict=False)),
          dict(zip(OUTCOME_FIELDS, item[len(EVENT_FIELDS):], strict=True)))
-        for item in host.posted]
-    assert all(len(item) == len(POST_FIELDS) for item in host.posted)
+        for item in wire]
+    assert all(len(item) == len(POST_FIELDS) for item in wire)
     assert {k: ev1[k] for k in ("op", "path", "subject", "dst", "args")} == {
         "op": "write", "path": "/a/b", "subject": "alice", "dst": None, "args": {"size": 3}}
-    assert ev1["seq"] < ev2["seq"] < ev3["seq"] and ev1["time"] > 0
+    assert ev1["seq"] < ev2["seq"] < ev3["seq"] < ev4["seq"] and ev1["time"] > 0
     assert out1 == {"ok": True, "error_code": None, "message": None, "revision": 7,
                     "result": {"size": 3, "version": 7, "content_id": "c1", "type": "file"}}
     assert (out2["ok"], out2["error_code"]) == (False, "not_found")
     assert "no such file" in out2["message"] and ev3["op"] == "copy" and out3["ok"]
+    assert (ev4["op"], ev4["args"], out4) == ("read", {}, {
+        "ok": True, "error_code": None, "message": None, "revision": None, "result": {}})
     # What the worker rebuilds from the wire form (a list, after msgpack) is the same.
-    event, outcome = _from_wire(list(host.posted[0]))
+    event, outcome = _from_wire(list(wire[0]))
     assert (event.op, event.path, event.seq, outcome.revision) == (
         "write", "/a/b", ev1["seq"], 7)
+
+
+def test_worker_builds_the_same_frozen_event_and_outcome_as_their_constructors() -> None:
+    import dataclasses
+
+    from nexusfs.services.worker import _from_wire
+
+    item = ["write", "/a", "user:alice", None, {"size": 3}, 12.5, 77, True, None, None, 4,
+            {"size": 3}]
+    event, outcome = _from_wire(item)
+    assert (event, outcome) == (SyscallEvent(*item[:7]), SyscallOutcome(*item[7:]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.path = "/b"  # type: ignore[misc]
+    assert repr(outcome) == repr(SyscallOutcome(*item[7:]))
+
+
+def test_wire_items_keeps_invalid_paths_as_given() -> None:
+    """A capture of a syscall on an invalid path (which the syscall itself refused)
+    goes out with that path as given, not with an error; a valid ``dst`` beside it is
+    still normalised."""
+    from nexusfs.services.capture import wire_items
+
+    (item,) = wire_items([("rename", "relative", None, "/a//b", None, 1.0, 5,
+                           (False, "invalid_path", "bad", None, {}))])
+    assert item[:5] == ("rename", "relative", None, "/a/b", {})
+    assert item[5:] == (1.0, 5, False, "invalid_path", "bad", None, {})
 
 
 @pytest.mark.anyio

@@ -12,10 +12,11 @@ what installed services contribute. For each syscall:
    for them) with the outcome, success or typed error.
 3. When no pre-hook applies, the syscall runs synchronously (:meth:`Pipeline.run_now`:
    the bus answers it without a task). When only post-hooks apply (no watcher either:
-   the common case of an audit service), the event and outcome are captured straight
-   in their wire form (the fields of ``SyscallEvent`` then ``SyscallOutcome``, one
-   tuple, see ``HookHost.post``) - the caller's whole cost is that tuple and a list
-   append; fan-out and delivery happen later, batched, off the caller's path.
+   the common case of an audit service), the syscall is *captured*: one tuple of what
+   the caller gave, the clock reading and the result's metadata, appended to the host's
+   journal - the caller's whole cost. Normalising, summarising, building the wire form,
+   fan-out and delivery happen later, batched, off the caller's path (see
+   :mod:`nexusfs.services.capture`).
 
 Sequence numbers are microsecond timestamps made strictly increasing, so they stay
 unique across restarts of the kernel process (as long as the clock does not go back by
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from time import time_ns
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
@@ -33,7 +35,8 @@ import anyio
 from nexusfs import paths
 from nexusfs.errors import NexusError
 from nexusfs.hookspecs import SyscallEvent, SyscallOutcome
-from nexusfs.metadata.inode import EntryType, FileMetadata
+from nexusfs.metadata.inode import FileMetadata
+from nexusfs.services.capture import outcome_wire
 
 if TYPE_CHECKING:
     from nexusfs.server.gate import PermissionGate
@@ -51,6 +54,11 @@ class HookHost(Protocol):
     async def pre_syscall(self, event: SyscallEvent) -> None: ...
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None: ...
     def post(self, item: tuple[Any, ...]) -> None: ...
+    def kick(self) -> None: ...
+
+    #: Post-hook captures waiting for delivery (see :mod:`nexusfs.services.capture`):
+    #: appended to by the pipeline; whoever makes it non-empty calls :meth:`kick`.
+    journal: list[tuple[Any, ...]]
 
 
 class Pipeline:
@@ -130,13 +138,13 @@ class Pipeline:
         if not self._watchers and (host is None or not host.has_pre_hooks(op)):
             if host is None or not host.has_post_hooks(op):
                 return await anyio.to_thread.run_sync(fn)
-            head = self._post_head(op, path, subject, dst, args)
+            head = self._capture_head(op, path, subject, dst, args)
             try:
                 result = await anyio.to_thread.run_sync(fn)
             except BaseException as exc:
                 self._post_failure(host, head, exc)
                 raise
-            host.post(head + outcome_wire(result))
+            self._capture(host, head, result if result.__class__ is FileMetadata else None)
             return result
         event = self.event(op, path, subject=subject, dst=dst, args=args)
         await self._pre_hooks(event)
@@ -186,21 +194,43 @@ class Pipeline:
             return result
         if host is None or not host.has_post_hooks(op):
             return fn()
-        # Post-hooks only (the audit case): the event is captured straight in its wire
-        # form.
-        head = self._post_head(op, path, subject, dst, args)
+        # Post-hooks only (the audit case): captured as it came, with the clock read
+        # once; everything else waits for the delivery (nexusfs.services.capture).
+        now = time_ns()
+        seq = now // 1000
+        if seq <= self._last_seq:
+            seq = self._last_seq + 1
+        self._last_seq = seq
         try:
             result = fn()
         except BaseException as exc:
-            self._post_failure(host, head, exc)
+            self._post_failure(host, (op, path, subject, dst, args, now / 1e9, seq), exc)
             raise
-        host.post(head + outcome_wire(result))
+        journal = host.journal
+        if not journal:
+            host.kick()
+        journal.append((op, path, subject, dst, args, now / 1e9, seq,
+                        result if result.__class__ is FileMetadata else None))
         return result
+
+    def _capture_head(self, op: str, path: str, subject: str | None, dst: str | None,
+                      args: dict[str, Any] | None) -> tuple[Any, ...]:
+        """The capture fields of a syscall's event (all but its outcome), stamped now."""
+        now, seq = self._stamp()
+        return (op, path, subject, dst, args, now, seq)
+
+    @staticmethod
+    def _capture(host: HookHost, head: tuple[Any, ...], outcome: Any) -> None:
+        """Append a capture: ``head`` (see :meth:`_capture_head`) and its outcome (see
+        :mod:`nexusfs.services.capture`: never a mutable result)."""
+        journal = host.journal
+        if not journal:
+            host.kick()
+        journal.append((*head, outcome))
 
     def _post_head(self, op: str, path: str, subject: str | None, dst: str | None,
                    args: dict[str, Any] | None) -> tuple[Any, ...]:
-        """The event fields (of a ``SyscallEvent``, of a post-hook item: see
-        ``HookHost.post``), paths normalised and stamped now."""
+        """The fields of a ``SyscallEvent``, paths normalised and stamped now."""
         try:
             path = paths.normalize(path)
             dst = None if dst is None else paths.normalize(dst)
@@ -209,12 +239,13 @@ class Pipeline:
         now, seq = self._stamp()
         return (op, path, subject, dst, args or {}, now, seq)
 
-    @staticmethod
-    def _post_failure(host: HookHost, head: tuple[Any, ...], exc: BaseException) -> None:
+    @classmethod
+    def _post_failure(cls, host: HookHost, head: tuple[Any, ...], exc: BaseException) -> None:
+        """Capture a failed syscall (``head``: its capture fields but the outcome)."""
         if isinstance(exc, NexusError):
-            host.post((*head, False, exc.code, str(exc), None, {}))
+            cls._capture(host, head, (False, exc.code, str(exc), None, {}))
         elif isinstance(exc, Exception):
-            host.post((*head, False, "internal", str(exc), None, {}))
+            cls._capture(host, head, (False, "internal", str(exc), None, {}))
 
     async def pre(self, op: str, path: str, **kw: Any) -> SyscallEvent | None:
         """Run the pre-hooks of a syscall that completes later (streaming handles);
@@ -264,26 +295,7 @@ class Pipeline:
         return SyscallEvent(*self._post_head(op, path, subject, dst, args))
 
 
-_TYPE_NAMES = {t: t.name.lower() for t in EntryType}
-
-
-def outcome_wire(result: Any) -> tuple[Any, ...]:
-    """:func:`outcome_of` in its wire form (the ``SyscallOutcome`` fields as a tuple,
-    the tail of what ``HookHost.post`` takes)."""
-    if isinstance(result, FileMetadata):
-        return (True, None, None, result.version or None,
-                {"size": result.size, "version": result.version,
-                 "content_id": result.content_id, "type": _TYPE_NAMES[result.entry_type]})
-    return (True, None, None, None, {})
-
-
 def outcome_of(result: Any) -> SyscallOutcome:
-    """A small summary of a successful syscall's result."""
-    if isinstance(result, FileMetadata):
-        return SyscallOutcome(
-            True,
-            revision=result.version or None,
-            result={"size": result.size, "version": result.version,
-                    "content_id": result.content_id, "type": result.entry_type.name.lower()},
-        )  # fmt: skip
-    return SyscallOutcome(True)
+    """A small summary of a successful syscall's result (see
+    :func:`~nexusfs.services.capture.outcome_wire`)."""
+    return SyscallOutcome(*outcome_wire(result))

@@ -50,6 +50,7 @@ from nexusfs.errors import InvalidPath, NexusError, PermissionDenied, ServiceUna
 from nexusfs.hookspecs import HOOKABLE, SyscallEvent, SyscallOutcome
 from nexusfs.services._spawn import PrestartedWorker, services_socket_path
 from nexusfs.services._worker_handle import Policy, WorkerHandle
+from nexusfs.services.capture import wire_items
 from nexusfs.services.registry import ServiceEntry, installed_services
 from nexusfs.services.supervisor import STATES, Supervisor
 
@@ -108,8 +109,9 @@ class ServiceHost:
         self._post: dict[str, tuple[Supervisor, ...]] = {}
         self._pre_all: tuple[Supervisor, ...] = ()
         self._post_all: tuple[Supervisor, ...] = ()
-        #: Post-hook events captured since the outboxes last pulled (see post).
-        self._journal: list[tuple[Any, ...]] = []
+        #: Post-hook events captured since the outboxes last pulled, in the capture form
+        #: (:mod:`nexusfs.services.capture`); the pipeline appends to it directly.
+        self.journal: list[tuple[Any, ...]] = []
         self._event_seq = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._core_scope: anyio.CancelScope | None = None
@@ -386,25 +388,32 @@ class ServiceHost:
         seq = item[_SEQ]
         if not seq:
             self._event_seq += 1
-            item = (*item[:_SEQ], self._event_seq, *item[_SEQ + 1:])
+            seq = self._event_seq
         elif seq > self._event_seq:
             self._event_seq = seq
-        journal = self._journal
-        if not journal:  # the first since the last pull: wake the senders that sleep
-            for sup in self._sups.values():
-                sup.outbox.kick()
-        journal.append(item)
+        journal = self.journal
+        if not journal:
+            self.kick()
+        journal.append((*item[:_SEQ], seq, item[_SEQ + 1:]))
+
+    def kick(self) -> None:
+        """Wake the outbox senders that sleep for want of events: whoever appends the
+        first capture to an empty :attr:`journal` calls this (see ``Pipeline``)."""
+        for sup in self._sups.values():
+            sup.outbox.kick()
 
     def _pull_posts(self) -> None:
         """Move the captured post-hook events into the outboxes of the services that
         post-hook them, in capture order (who hooks what is looked up now, not at
-        capture). Run by an outbox's sender before it builds a batch: the fan-out of a
-        whole batch at once, off the syscalls' path; when every post-hooking service
-        hooks ``*`` (the usual audit case) it is one list copy per service."""
-        journal = self._journal
-        if not journal:
+        capture), turned into their wire form (see :mod:`nexusfs.services.capture`).
+        Run by an outbox's sender before it builds a batch: the fan-out of a whole
+        batch at once, off the syscalls' path; when every post-hooking service hooks
+        ``*`` (the usual audit case) it is one list copy per service."""
+        captured = self.journal
+        if not captured:
             return
-        self._journal = []
+        self.journal = []
+        journal = wire_items(captured)
         if not self._post:
             for sup in self._post_all:
                 sup.outbox.extend(journal)
