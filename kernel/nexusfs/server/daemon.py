@@ -23,6 +23,7 @@ is ignored (nobody answers) and replaced by the next ``up``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -256,6 +257,10 @@ async def _serve(
         tmp.write_text(json.dumps(info))
         os.replace(tmp, state)
         log.info("kernel %s serving %s on %s", os.getpid(), data_dir, sock)
+        # Everything alive now lives as long as the kernel: out of the collector's
+        # way (its full collections would otherwise walk it all, again and again,
+        # while a stream of post-hook events ages through the generations).
+        gc.freeze()
 
         async def on_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

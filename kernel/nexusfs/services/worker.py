@@ -44,7 +44,9 @@ fails the syscall with ``ServiceUnavailable``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -169,6 +171,10 @@ class Worker:
             conn.handlers = {**methods, **base, "hook.pre": self._pre, "hook.post": self._post}
             await conn.call("host.ready", methods=sorted(methods), timeout=30.0)
             log.info("service %s %s ready (pid %d)", self.name, info.version, os.getpid())
+            # The plugin and everything loaded so far live as long as the worker: out
+            # of the collector's way (each post-hook batch ages hundreds of objects
+            # through the generations; full collections would walk all of this too).
+            gc.freeze()
             async with anyio.create_task_group() as tg:
 
                 async def closed() -> None:
@@ -286,11 +292,38 @@ class Worker:
         return last
 
 
+def _field_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot setters of a frozen, slotted dataclass's fields, in declaration order."""
+    return tuple(vars(cls)[f.name].__set__ for f in dataclasses.fields(cls))
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__, the generic
+# (slow) path: 3.7 us for an event and its outcome here, against 1.6 us to decode the
+# item. Setting the slots directly builds the same objects in half that.
+_E0, _E1, _E2, _E3, _E4, _E5, _E6 = _field_setters(SyscallEvent)
+_O0, _O1, _O2, _O3, _O4 = _field_setters(SyscallOutcome)
+_new = object.__new__
+
+
 def _from_wire(e: list[Any]) -> tuple[SyscallEvent, SyscallOutcome]:
-    """A post-hook item (``nexusfs.services.host.POST_FIELDS``) as its event and
-    outcome."""
-    return (SyscallEvent(e[0], e[1], e[2], e[3], e[4], e[5], e[6]),
-            SyscallOutcome(e[7], e[8], e[9], e[10], e[11]))
+    """A post-hook item (``nexusfs.services.host.POST_FIELDS``: the fields of
+    ``SyscallEvent`` then those of ``SyscallOutcome``, in declaration order) as its
+    event and outcome; equal to building them with their constructors."""
+    ev = _new(SyscallEvent)
+    _E0(ev, e[0])
+    _E1(ev, e[1])
+    _E2(ev, e[2])
+    _E3(ev, e[3])
+    _E4(ev, e[4])
+    _E5(ev, e[5])
+    _E6(ev, e[6])
+    out = _new(SyscallOutcome)
+    _O0(out, e[7])
+    _O1(out, e[8])
+    _O2(out, e[9])
+    _O3(out, e[10])
+    _O4(out, e[11])
+    return ev, out
 
 
 def _setup_logging(name: str) -> None:
