@@ -250,9 +250,13 @@ class HooksPlugin:
         if any(new for _seq, new in results):
             self._publish(EVENTS_CHANNEL, str(max(seq for seq, _new in results)).encode())
         if ctx.emit is not None:
+            rules.refresh()  # once for the batch
+            if not rules.has_emit_rules:
+                return True
             for (event, outcome), (_seq, new) in zip(batch, results, strict=True):
                 if new and outcome.ok:
-                    for rule in rules.matching_emits(event.op, event.path, event.dst):
+                    for rule in rules.matching_emits(event.op, event.path, event.dst,
+                                                     refresh=False):
                         ctx.emit(rule.message or DEFAULT_EMIT_EVENT,
                                  _emit_payload(rule.id, event))  # fmt: skip
         return True

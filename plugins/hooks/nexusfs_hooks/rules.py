@@ -293,10 +293,18 @@ class HookEngine:
                 return rule
         return None
 
-    def matching_emits(self, op: str, path: str, dst: str | None = None) -> list[CompiledRule]:
-        """Every ``emit`` rule matching the syscall, by id."""
-        self.refresh()
+    def matching_emits(self, op: str, path: str, dst: str | None = None, *,
+                       refresh: bool = True) -> list[CompiledRule]:
+        """Every ``emit`` rule matching the syscall, by id (as of the last refresh with
+        ``refresh=False``: for a batch of events, refreshed once before it)."""
+        if refresh:
+            self.refresh()
         return [rule for rule in self._emit if rule.matches(op, path, dst)]
+
+    @property
+    def has_emit_rules(self) -> bool:
+        """Whether the cached rule set has any emit rule (as of the last refresh)."""
+        return bool(self._emit)
 
     @property
     def has_deny_rules(self) -> bool:

@@ -173,6 +173,38 @@ def test_batch_round_trips_every_field(service: Service) -> None:
     assert second["time"] == 0.0
 
 
+def test_positional_batch_insert_stores_what_sqlalchemy_would(
+    service: Service, store: SQLAlchemyRecordStore
+) -> None:
+    """Where the dialect binds positionally (SQLite) the batch INSERT skips SQLAlchemy's
+    per-row parameter building but stores exactly what ``conn.execute(insert, rows)``
+    stores (the same values through the same bind processors); PostgreSQL keeps its
+    one-statement ``unnest`` insert."""
+    from sqlalchemy import select
+
+    from nexusfs_hooks.eventlog import _INSERT, _positional_insert
+    from nexusfs_hooks.models import AuditEvent
+
+    dialect = store.engine.dialect
+    fast = _positional_insert(dialect)
+    assert (fast is not None) == (dialect.name == "sqlite")
+    log = service.plugin.events
+    assert log is not None
+    rows = [{"kernel_seq": 10 + i, "time": 2.25, "subject": "user:bob", "op": "rename",
+             "path": "/p", "dst": None if i else "/q", "ok": bool(i), "error_code": None,
+             "message": "m" if i else None, "revision": 3 if i else None}
+            for i in range(2)]  # fmt: skip
+    assert log.record_rows([dict(r) for r in rows]) == [(1, True), (2, True)]
+    with store.engine.begin() as conn:  # the same rows the standard way, seqs 3 and 4
+        conn.execute(_INSERT, [{**r, "seq": 3 + i, "kernel_seq": 20 + i}
+                               for i, r in enumerate(rows)])  # fmt: skip
+        stored = conn.execute(select(AuditEvent.__table__).order_by("seq")).all()
+    fields = [c for c in rows[0] if c != "kernel_seq"]
+    assert [tuple(r._mapping[c] for c in fields) for r in stored[:2]] == [
+        tuple(r._mapping[c] for c in fields) for r in stored[2:]]
+    assert stored[0]._mapping["ok"] is False and stored[1]._mapping["ok"] is True
+
+
 def test_failed_batch_consumes_no_seq(service: Service) -> None:
     log = service.plugin.events
     assert log is not None
