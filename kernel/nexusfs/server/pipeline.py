@@ -196,6 +196,7 @@ class Pipeline:
             return fn()
         # Post-hooks only (the audit case): captured as it came, with the clock read
         # once; everything else waits for the delivery (nexusfs.services.capture).
+        # (_stamp and _capture inlined: this is every audited syscall's own path.)
         now = time_ns()
         seq = now // 1000
         if seq <= self._last_seq:
