@@ -449,6 +449,44 @@ async def test_outbox_lingers_longer_under_load() -> None:
     assert Outbox("t", linger=0.1, max_linger=0.05).max_linger == 0.1  # (at least linger)
 
 
+@pytest.mark.anyio
+async def test_outbox_under_load_waits_for_half_a_batch_in_few_wakeups() -> None:
+    """A steady stream: after the first linger the sender sleeps about as long as half a
+    batch takes to arrive at the rate it saw, instead of waking every linger."""
+    from nexusfs.services.outbox import Outbox
+
+    box = Outbox("t", batch=4096, linger=0.01, max_linger=5.0)
+    sizes: list[int] = []
+    pulls = 0
+
+    def pull() -> None:
+        nonlocal pulls
+        pulls += 1
+
+    box.pull = pull
+
+    async def send(first: int, batch: list[Any]) -> int:
+        sizes.append(len(batch))
+        return first + len(batch) - 1
+
+    async def stream() -> None:
+        i = 0
+        while not sizes:  # 20,000-40,000 events/s (load: 128 per 10 ms linger)
+            box.extend([{"seq": i + k} for k in range(40)])
+            i += 40
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stream)
+        await anyio.sleep(0.005)
+        tg.start_soon(box.run, send)
+        await wait_for(lambda: sizes, what="the first delivery")
+        tg.cancel_scope.cancel()
+    assert sizes[0] >= 1500, sizes  # about half a batch (the rate is only estimated)
+    # One pull before lingering, one per wait: 10 ms waits would be 6 or more.
+    assert pulls <= 4, pulls
+
+
 def test_worker_speaks_the_hosts_protocol() -> None:
     from nexusfs.services import host, worker
 

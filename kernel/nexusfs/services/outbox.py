@@ -17,9 +17,10 @@ Invariants:
 * Batched: queueing only queues (and wakes the sender when it sleeps). Before each
   delivery that is not a full batch the sender waits ``linger`` seconds, so a stream of
   syscalls costs one delivery per ``linger`` (on the kernel's event loop and in the
-  worker) instead of one per syscall. Under load (a linger brought at least
-  ``batch // 32`` new events) it keeps lingering, up to ``max_linger`` in all, until
-  half a batch is queued: a delivery costs the kernel a fixed few hundred microseconds
+  worker) instead of one per syscall. Under load (events arriving at ``batch // 32``
+  or more per ``linger``) it keeps lingering, up to ``max_linger`` in all, until about
+  half a batch is queued (its next wait is as long as that takes at the rate seen, not
+  another ``linger``): a delivery costs the kernel a fixed few hundred microseconds
   (its wake-ups and round trip), which only large batches make small per event. The
   price is extra delivery delay: ``linger`` when events are sparse, up to
   ``max_linger`` under load.
@@ -120,18 +121,25 @@ class Outbox:
 
     async def _linger(self) -> None:
         """Wait ``linger``; while events keep coming fast, longer (see the module
-        docstring)."""
+        docstring). Under load the next wait is as long as half a batch takes to arrive
+        at the rate just seen (within ``max_linger`` in all), so a busy stream costs
+        the event loop a wake-up or two per delivery rather than one per ``linger``."""
         waited = 0.0
+        step = self.linger
+        busy = max(1, self.batch // 32) / self.linger  # events/s that count as load
+        half = self.batch // 2
         while True:
             before = len(self._items)
-            await anyio.sleep(self.linger)
-            waited += self.linger
+            await anyio.sleep(step)
+            waited += step
             if self.pull is not None:
                 self.pull()
             queued = len(self._items)
-            if (queued - before < max(1, self.batch // 32) or queued >= self.batch // 2
-                    or waited + self.linger > self.max_linger):
+            rate = (queued - before) / step
+            left = self.max_linger - waited
+            if rate < busy or queued >= half or left < self.linger:
                 return
+            step = min(max(self.linger, (half - queued) / rate), left)
 
     async def wait_empty(self, timeout: float) -> bool:
         """Wait until nothing is pending (for tests and graceful stop)."""
