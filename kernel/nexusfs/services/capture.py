@@ -54,23 +54,27 @@ def wire_items(captured: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     for a well-formed capture (see the module docstring)."""
     out: list[tuple[Any, ...]] = []
     append = out.append
-    tail: tuple[Any, ...]
+    normalize = paths.normalize
+    names = _TYPE_NAMES
     for op, path, subject, dst, args, time, seq, outcome in captured:
+        # (try/except rather than contextlib.suppress, a context manager per event)
+        try:  # noqa: SIM105
+            path = normalize(path)
+        except NexusError:
+            pass  # the syscall itself reported the invalid path
+        if dst is not None:
+            try:  # noqa: SIM105
+                dst = normalize(dst)
+            except NexusError:
+                pass
         if outcome is None:
-            tail = (True, None, None, None, {})
+            append((op, path, subject, dst, args or {}, time, seq, True, None, None, None, {}))
         elif outcome.__class__ is tuple:
-            tail = outcome
-        else:
-            tail = outcome_wire(outcome)
-        append((op, _normalized(path), subject, None if dst is None else _normalized(dst),
-                args or {}, time, seq, *tail))
+            append((op, path, subject, dst, args or {}, time, seq, *outcome))
+        else:  # a FileMetadata: outcome_wire, inlined
+            version = outcome.version
+            append((op, path, subject, dst, args or {}, time, seq, True, None, None,
+                    version or None,
+                    {"size": outcome.size, "version": version,
+                     "content_id": outcome.content_id, "type": names[outcome.entry_type]}))
     return out
-
-
-def _normalized(path: Any) -> Any:
-    """``path`` normalised, or as it is if it is not a valid path (the syscall itself
-    reported that)."""
-    try:
-        return paths.normalize(path)
-    except NexusError:
-        return path
