@@ -16,10 +16,14 @@ idle (a spare's interpreter start-up, one second after its service's, is not a c
 the syscalls). The same client calls alternate between the three in rounds, so machine
 noise hits all alike; the figure is the median over rounds of each round's ratio of
 median latencies (paired: the rounds of a comparison run back to back; target: at most
-1.2x). A round is long (hundreds of calls) next to a post-hook delivery's linger, so
-that a kernel's deliveries fall mostly into its own rounds. The kernel
-process's CPU time per syscall (the scheduler's exact accounting, every process of the
-kernel's service workers separately) shows where the time goes.
+1.2x). A round is long (800-1,000 calls, 80-100 ms) next to a post-hook delivery's
+linger (5 ms, up to 50 ms under load), so most of a kernel's deliveries, and its
+worker's work on them, happen during its own round; after the round the client waits
+until the last events are delivered and processed (``post_queue`` 0), so that they
+are not paid by the next kernel's round (they used to be: the hooks worker's last
+batch slowed the no-op kernel's rounds). The kernel process's CPU time per syscall
+(the scheduler's exact accounting, every process of the kernel's service workers
+separately, both including that wait) shows where the time goes.
 
     python bench/bench_pipeline.py [--quick]
 """
@@ -97,6 +101,18 @@ def timed(fn: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
+def drain(fs: FileSystem, timeout: float = 5.0) -> None:
+    """Wait until every post-hook event of ``fs``'s kernel was delivered and processed
+    (acknowledged), so that a round's last deliveries - up to ``post_max_linger``
+    after its last call, and the worker's processing of them - are not paid by the
+    next kernel's round; and so that they count in this kernel's CPU time."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(s.get("post_queue") for s in fs.call("services.list")):
+            return
+        time.sleep(0.005)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -104,7 +120,9 @@ def main() -> int:
     if "hooks" not in installed_services():
         print("bench_pipeline: nexusfs-hooks is not installed; skipped")
         return 0
-    rounds, per_round = (6, 400) if args.quick else (10, 1000)
+    # (Quick: a median of per-round ratios needs enough rounds that one or two noisy
+    # ones cannot move it - 6 did not - and rounds long next to a delivery's linger.)
+    rounds, per_round = (8, 800) if args.quick else (12, 1000)
     base = Path(tempfile.mkdtemp(prefix="nexus-bench-pipeline-"))
     plugins = install_noop(base / "plugins")
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -140,6 +158,8 @@ def main() -> int:
                         before = [cpu_time(p) for p in procs]
                         results.setdefault((op, k), []).append(statistics.median(
                             timed(functools.partial(fn, fs), per_round)))
+                        if kinds[k]:
+                            drain(fs)
                         after = [cpu_time(p) for p in procs]
                         cpu.setdefault((op, k), []).append(after[0] - before[0])
                         cpu.setdefault((op, k + "/workers"), []).append(
