@@ -24,7 +24,7 @@ Failure semantics (also in each method's docstring):
 * :meth:`pre_syscall` - fails closed: a veto raises ``PermissionDenied``; an error,
   a timeout or a hooking service that is not ready in time raises ``ServiceUnavailable``.
   A syscall is never silently allowed because a hook could not run.
-* :meth:`post_syscall` / :meth:`post` - never block or raise: the caller's whole
+* :meth:`post_syscall` (and the pipeline's captures) - never block or raise: the caller's whole
   cost is an in-memory enqueue; at-least-once, ordered, batched delivery via each
   interested service's :class:`~nexusfs.services.outbox.Outbox` (which waits
   ``supervisor.post_linger`` seconds, under load up to ``supervisor.post_max_linger``,
@@ -68,7 +68,6 @@ PROTOCOL = 3
 EVENT_FIELDS = ("op", "path", "subject", "dst", "args", "time", "seq")
 OUTCOME_FIELDS = ("ok", "error_code", "message", "revision", "result")
 POST_FIELDS = EVENT_FIELDS + OUTCOME_FIELDS
-_SEQ = EVENT_FIELDS.index("seq")
 if tuple(f.name for f in fields(SyscallEvent)) != EVENT_FIELDS or tuple(
         f.name for f in fields(SyscallOutcome)) != OUTCOME_FIELDS:  # pragma: no cover
     raise ImportError("nexusfs.hookspecs changed SyscallEvent/SyscallOutcome: update "
@@ -374,18 +373,12 @@ class ServiceHost:
 
     def post_syscall(self, event: SyscallEvent, outcome: SyscallOutcome) -> None:
         """Queue ``(event, outcome)`` for every service post-hooking ``event.op``.
-        Never blocks, never raises. ``event.seq == 0`` gets a host sequence number."""
-        self.post((event.op, event.path, event.subject, event.dst, event.args,
-                   event.time or time.time(), event.seq, outcome.ok, outcome.error_code,
-                   outcome.message, outcome.revision, outcome.result))
-
-    def post(self, item: tuple[Any, ...]) -> None:
-        """:meth:`post_syscall` with the event and outcome in their wire form: the
-        :data:`POST_FIELDS` as one tuple (the event's ``seq`` may be 0). Never blocks,
-        never raises; the item is kept as it is (its values must not change)."""
-        if not self._post_all and item[0] not in self._post:
+        Never blocks, never raises. ``event.seq == 0`` gets a host sequence number.
+        (Syscalls that only post-hooks apply to skip this: the pipeline appends their
+        capture to :attr:`journal` itself.)"""
+        if not self._post_all and event.op not in self._post:
             return
-        seq = item[_SEQ]
+        seq = event.seq
         if not seq:
             self._event_seq += 1
             seq = self._event_seq
@@ -394,7 +387,10 @@ class ServiceHost:
         journal = self.journal
         if not journal:
             self.kick()
-        journal.append((*item[:_SEQ], seq, item[_SEQ + 1:]))
+        journal.append((event.op, event.path, event.subject, event.dst, event.args,
+                        event.time or time.time(), seq,
+                        (outcome.ok, outcome.error_code, outcome.message, outcome.revision,
+                         outcome.result)))
 
     def kick(self) -> None:
         """Wake the outbox senders that sleep for want of events: whoever appends the
