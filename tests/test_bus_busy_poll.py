@@ -273,6 +273,76 @@ def test_polling_caller_gets_answers_errors_and_calls_back(tmp_path: Path) -> No
         assert _async_client(path, 1.0, body) == [1, 5, 41, True, True]
 
 
+def test_polling_caller_takes_answers_in_any_shape_of_read(tmp_path: Path) -> None:
+    """A scripted peer answers each call in a differently shaped write while the caller
+    polls (window 1 s): the answer alone (decoded by the polling call itself), after a
+    notification in the same write, after a late answer to another call, split into
+    two writes with a pause between them, a late answer to another call alone and then
+    the answer, a notification alone and then the answer, and an error answer alone.
+    Each call gets its own answer, the notifications reach their handler, nothing is
+    left pending."""
+    path = tmp_path / "scripted.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            shapes = ("alone", "after_note", "after_stray", "split", "stray_first",
+                      "note_first", "error")
+            for shape in shapes:
+                msg = read_frame(peer)
+                assert msg is not None and msg["t"] == "req"
+                rid = msg["id"]
+                answer = frame({"t": "res", "id": rid, "r": [shape, msg["a"]["x"]]})
+                if shape == "alone":
+                    peer.sendall(answer)
+                elif shape == "after_note":
+                    peer.sendall(frame({"t": "note", "m": "client_note", "a": {"x": rid}})
+                                 + answer)
+                elif shape == "after_stray":
+                    peer.sendall(frame({"t": "res", "id": rid + 1000, "r": "stray"}) + answer)
+                elif shape == "split":
+                    peer.sendall(answer[:3])
+                    time.sleep(0.02)
+                    peer.sendall(answer[3:])
+                elif shape in ("stray_first", "note_first"):
+                    peer.sendall(frame({"t": "res", "id": rid + 1000, "r": "stray"})
+                                 if shape == "stray_first" else
+                                 frame({"t": "note", "m": "client_note", "a": {"x": rid}}))
+                    time.sleep(0.02)
+                    peer.sendall(answer)
+                else:
+                    peer.sendall(frame({"t": "err", "id": rid, "c": "not_found",
+                                        "msg": "no such thing", "p": "/gone"}))
+            read_frame(peer)  # until the client leaves
+
+    th = threading.Thread(target=serve)
+    th.start()
+    notes: list[int] = []
+
+    async def main() -> list[Any]:
+        handlers = {"client_note": lambda x: notes.append(x)}
+        async with connect_unix(path, handlers, busy_poll=1.0) as conn:
+            out = [await conn.call("echo", x=i) for i in range(6)]
+            with pytest.raises(NotFound, match="no such thing"):
+                await conn.call("echo", x=6)
+            engine = conn._engine
+            assert isinstance(engine, engine_module.AsyncioEngine)
+            out.append(len(engine._calls))
+            return out
+
+    try:
+        got = anyio.run(main)
+    finally:
+        th.join(10)
+        listener.close()
+    assert got == [["alone", 0], ["after_note", 1], ["after_stray", 2], ["split", 3],
+                   ["stray_first", 4], ["note_first", 5], 0]
+    assert len(notes) == 2
+
+
 @contextmanager
 def peer_that_never_answers(path: Path, *, leaves_after: float | None) -> Iterator[None]:
     """A bus peer at ``path`` that reads the first request and never answers it (not

@@ -135,6 +135,10 @@ def _work_of(loop: asyncio.AbstractEventLoop) -> _Work:
     return work
 
 
+#: ``AsyncioEngine._poll_answer``: the answer did not come while polling.
+_NO_ANSWER: Final = object()
+
+
 class _CallExpired(DeadlineExceeded):
     """Set on a call's future when its deadline passes (re-raised with the method)."""
 
@@ -291,13 +295,14 @@ class AsyncioEngine:
         pos = 0
         limit = self._max_frame
         calls = self._calls
+        view = self._rview  # (msgpack decodes a memoryview slice faster than a copy)
         while n - pos >= 4:
             (size,) = _unpack_header(rbuf, pos)
             stop = pos + 4 + size
             if stop > n or size > limit:
                 break
             try:
-                msg = _unpackb(rbuf[pos + 4 : stop], raw=False, strict_map_key=False)
+                msg = _unpackb(view[pos + 4 : stop], raw=False, strict_map_key=False)
             except Exception as exc:
                 raise ProtocolError(
                     f"undecodable frame body: {type(exc).__name__}: {exc}") from None
@@ -349,28 +354,31 @@ class AsyncioEngine:
             raise DeadlineExceeded(f"{method}: deadline already passed")
         if self._paused or self._out_size > _HIGH_WATER:
             await self._wait_drained()
-        fut: asyncio.Future[Any] = self._loop.create_future()
         calls = self._calls
-        calls[rid] = fut
-        out = self._out
         work = self._work
         work.calls += 1
         try:
-            if not out and len(calls) == 1 and not self._in_dispatch:
+            t0 = 0.0
+            if not calls and not self._out and not self._in_dispatch:
                 self._send_now(frame)  # the only call in flight: nothing to coalesce with
                 poll = self._answer_poll
                 if (poll.limit and work.calls == 1 and work.tasks <= 1
                         and poll.should_poll()):
                     t0 = perf_counter()
-                    self._poll_answer(fut, t0, d)  # (never past the deadline)
-                else:
-                    t0 = 0.0
-                if d is not None and not fut.done():  # (answered while polling: no timer)
-                    self._call_deadlines.add(d, rid, fut)
-            else:  # pipelined: one write per loop iteration (the write() path, inlined)
-                t0 = 0.0
+                    result = self._poll_answer(rid, t0, d)  # (never past the deadline)
+                    if result is not _NO_ANSWER:
+                        poll.observe(perf_counter() - t0)
+                        return result
+                fut = calls.get(rid)  # (made if polling dispatched other frames)
+                if fut is None:
+                    fut = calls[rid] = self._loop.create_future()
                 if d is not None:
                     self._call_deadlines.add(d, rid, fut)
+            else:  # pipelined: one write per loop iteration (the write() path, inlined)
+                fut = calls[rid] = self._loop.create_future()
+                if d is not None:
+                    self._call_deadlines.add(d, rid, fut)
+                out = self._out
                 out.append(frame)
                 self._out_size += len(frame)
                 if len(out) >= _CHUNK_FRAMES or self._out_size >= _CHUNK_BYTES:
@@ -389,21 +397,45 @@ class AsyncioEngine:
             if calls.pop(rid, None) is not None:  # given up (cancelled): tell the peer
                 self._send_cancel(rid)
 
-    def _poll_answer(self, fut: asyncio.Future[Any], t0: float, d: float | None) -> None:
-        """The only call in flight and no other work in progress on this loop: poll
-        the socket for its answer for up to the busy-poll window (or the call's
-        deadline ``d``, if sooner) before the caller awaits it, dispatching whatever
-        arrives (as the transport would)."""
+    def _poll_answer(self, rid: int, t0: float, d: float | None) -> Any:
+        """The only call in flight (``rid``, already sent) and no other work in progress
+        on this loop: poll the socket for its answer for up to the busy-poll window (or
+        the call's deadline ``d``, if sooner) before the caller awaits it. Returns the
+        answer's result, or ``_NO_ANSWER`` if it did not come in time (the caller then
+        awaits ``self._calls[rid]``, made here if other frames arrived); raises the
+        call's error if an error answer came.
+
+        The common case, a read holding exactly this call's ``res`` frame, is decoded
+        here and needs no future; any other read is dispatched as the transport would
+        (``_on_data``), with the call's future registered first so that an answer among
+        the frames reaches it."""
         until = t0 + self._answer_poll.limit
         if d is not None:
             until = min(until, t0 + (d - time.time()))
-        while not fut.done():
+        rbuf, calls = self._rbuf, self._calls
+        while True:
             n = self._poll_read(until)
             if n <= 0:
-                return
+                return _NO_ANSWER
+            if n > 4 and not self._decoder.pending:
+                (size,) = _unpack_header(rbuf, 0)
+                if size + 4 == n and size <= self._max_frame:
+                    try:
+                        msg = _unpackb(self._rview[4:n], raw=False, strict_map_key=False)
+                    except Exception:
+                        msg = None  # (undecodable: _on_data reports it)
+                    if (type(msg) is dict and msg.get("t") == "res" and "r" in msg
+                            and type(msg.get("id")) is int and msg["id"] == rid):
+                        calls.pop(rid, None)  # (a future made by an earlier read)
+                        return msg["r"]
+            fut = calls.get(rid)
+            if fut is None:
+                fut = calls[rid] = self._loop.create_future()
             self._on_data(n)
+            if fut.done():  # (popped from the calls by _answer)
+                return fut.result()
             if self._done.done():
-                return
+                return _NO_ANSWER
 
     def _answer(self, msg: dict[str, Any]) -> None:
         fut = self._calls.pop(msg["id"], None)
@@ -636,7 +668,8 @@ class AsyncioEngine:
         assert transport is not None, "AsyncioEngine.open() was not awaited"
         transport.write(data)
         self._writes += 1
-        self._wake_senders()
+        if self._drained is not None:
+            self._wake_senders()
 
     def _pause_writing(self) -> None:
         self._paused = True
