@@ -128,6 +128,9 @@ class Outbox:
         step = self.linger
         busy = max(1, self.batch // 32) / self.linger  # events/s that count as load
         half = self.batch // 2
+        # Enough: a wait aimed at half a batch that falls a little short (the rate is
+        # only estimated) is not worth another wake-up.
+        enough = half - half // 8
         while True:
             before = len(self._items)
             await anyio.sleep(step)
@@ -137,7 +140,7 @@ class Outbox:
             queued = len(self._items)
             rate = (queued - before) / step
             left = self.max_linger - waited
-            if rate < busy or queued >= half or left < self.linger:
+            if rate < busy or queued >= enough or left < self.linger:
                 return
             step = min(max(self.linger, (half - queued) / rate), left)
 
