@@ -295,14 +295,13 @@ class AsyncioEngine:
         pos = 0
         limit = self._max_frame
         calls = self._calls
-        view = self._rview  # (msgpack decodes a memoryview slice faster than a copy)
         while n - pos >= 4:
             (size,) = _unpack_header(rbuf, pos)
             stop = pos + 4 + size
             if stop > n or size > limit:
                 break
             try:
-                msg = _unpackb(view[pos + 4 : stop], raw=False, strict_map_key=False)
+                msg = _unpackb(rbuf[pos + 4 : stop], raw=False, strict_map_key=False)
             except Exception as exc:
                 raise ProtocolError(
                     f"undecodable frame body: {type(exc).__name__}: {exc}") from None
@@ -421,7 +420,7 @@ class AsyncioEngine:
                 (size,) = _unpack_header(rbuf, 0)
                 if size + 4 == n and size <= self._max_frame:
                     try:
-                        msg = _unpackb(self._rview[4:n], raw=False, strict_map_key=False)
+                        msg = _unpackb(rbuf[4:n], raw=False, strict_map_key=False)
                     except Exception:
                         msg = None  # (undecodable: _on_data reports it)
                     if (type(msg) is dict and msg.get("t") == "res" and "r" in msg
