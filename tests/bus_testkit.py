@@ -92,6 +92,14 @@ class Service:
     async def _soon(self, x: int) -> int:
         return x + 1
 
+    def note_first(self, x: int) -> int:
+        """A plain handler that queues a frame of its own on the fast engine before it
+        returns (as the engine queues its own ``cancel`` frames): the peer must get it
+        before the answer."""
+        assert self.conn is not None
+        self.conn._engine.write(frame({"t": "note", "m": "hello", "a": {"x": x}}))  # type: ignore[union-attr]
+        return x
+
     async def current_task_name(self) -> str | None:
         task = asyncio.current_task()  # no await: served inline, outside any task
         return None if task is None else task.get_name()

@@ -153,6 +153,79 @@ def test_polling_server_serves_what_arrives_while_it_polls(tmp_path: Path) -> No
             assert c.call("echo", x="still here") == "still here"
 
 
+def test_polling_server_answers_every_kind_of_request_it_catches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request below arrives alone, as one whole frame, while the server polls
+    (window 10 s): the case the polling loop serves on its own, with no queueing. Every
+    kind of handler and failure is answered exactly as through the event loop: async
+    and plain handlers, a plain handler's coroutine (without and with ``await``), a
+    handler that runs in a task, one that queues a frame of its own first, errors, an
+    unknown method, an oversized result; a notification and a cancel for nothing in
+    between get no answer and change nothing. A request reusing the id of one still
+    running is a protocol error that closes the connection, and the server is
+    unharmed."""
+    caught: list[int] = []
+    serve_polled = engine_module.AsyncioEngine._serve_polled
+
+    def counting(self: engine_module.AsyncioEngine, n: int) -> bool:
+        caught.append(n)
+        return serve_polled(self, n)
+
+    monkeypatch.setattr(engine_module.AsyncioEngine, "_serve_polled", counting)
+    monkeypatch.setattr(engine_module, "_POLL_BUDGET", 60.0)  # (polls between our sends)
+    with served_in_thread(tmp_path, busy_poll=10.0, max_frame_size=4096) as (path, services):
+        s = raw_connect(path)
+        s.sendall(req(1, x="first"))  # (read by the loop: polling starts after it)
+        assert read_frame(s) == {"t": "res", "id": 1, "r": "first"}
+        expected: list[tuple[bytes, Any]] = [
+            (req(2, x=[1, "two"]), {"t": "res", "id": 2, "r": [1, "two"]}),
+            (req(3, "secho", x=3), {"t": "res", "id": 3, "r": 3}),
+            (req(4, "soon", x=4), {"t": "res", "id": 4, "r": 5}),
+            (req(5, "later", x=5, delay=0.01), {"t": "res", "id": 5, "r": 5}),
+            (req(6, "delayed", i=6, delay=0.01), {"t": "res", "id": 6, "r": 6}),
+            (req(7, "current_task_name"), {"t": "res", "id": 7, "r": None}),
+            (req(8, "note_first", x=8), {"t": "res", "id": 8, "r": 8}),
+            (req(9, "missing", path="/gone"),
+             {"t": "err", "id": 9, "c": "not_found", "msg": "no such file", "p": "/gone"}),
+            (req(10, "no_such_method"), None),
+            (req(11, "boom"), None),
+            (req(12, "big", n=8192), None),
+            (req(13, "conflict"), None),
+        ]
+        for rid, (request, answer) in enumerate(expected, start=2):
+            s.sendall(request)
+            if rid == 8:  # (the handler's own frame comes first)
+                assert read_frame(s) == {"t": "note", "m": "hello", "a": {"x": 8}}
+            got = read_frame(s)
+            if answer is not None:
+                assert got == answer
+            else:
+                assert got["t"] == "err" and got["id"] == rid, got
+                assert got["c"] == {10: "unknown_method", 11: "internal",
+                                    12: "frame_too_large", 13: "conflict"}[rid], got
+            if rid == 6:
+                assert services[0].order == [6]
+        s.sendall(frame({"t": "note", "m": "note_plain", "a": {"v": 1}}))
+        time.sleep(0.05)
+        s.sendall(frame({"t": "cancel", "id": 999}))
+        time.sleep(0.05)
+        s.sendall(req(14, x="after"))
+        assert read_frame(s) == {"t": "res", "id": 14, "r": "after"}
+        assert services[0].order == [6, 1001]
+        s.sendall(req(15, "hang"))
+        assert services[0].started.wait(10)
+        s.sendall(req(15, x="same id"))
+        assert_closed_by_peer(s)
+        assert services[0].cancelled.wait(10)  # (the running handler is cancelled)
+        s.close()
+        with BlockingClient(path) as c:
+            assert c.call("echo", x="still here") == "still here"
+    # Polling stops when a read writes no answer (a request answered by a task, the
+    # notification) and resumes after the next answer: 2-5, 8-13, the notification and
+    # 15 were read by the polling loop.
+    assert len(caught) == 12, caught
+
+
 def test_polling_server_sees_the_peer_leave_while_it_polls(tmp_path: Path) -> None:
     with served_in_thread(tmp_path, busy_poll=0.2) as (path, _):
         for i in range(5):

@@ -175,6 +175,7 @@ class AsyncioEngine:
         self._busy_poll = BusyPoll(conn.busy_poll)  # for the peer's next request
         self._answer_poll = BusyPoll(conn.busy_poll)  # for the answer to our own call
         self._answered_at = 0.0  # start of a poll that timed out, 0: none
+        self._unobserved = 0.0  # a polled answer's wait, not yet observed
 
     async def open(self) -> None:
         """Attach the loop's transport to (a duplicate of) the socket. Must complete
@@ -251,8 +252,9 @@ class AsyncioEngine:
             now = perf_counter()
             if n < 0:
                 return
-            poll.observe(now - answered)
-            if not self._on_data(n) or self._done.done():
+            wrote = self._serve_polled(n)
+            poll.observe(now - answered)  # (after the answer left: the peer waits for it)
+            if not wrote or self._done.done():
                 return  # (no answer written: the peer is not waiting for us)
             if now >= budget_end or not self._work.idle(0) or not poll.should_poll():
                 return
@@ -263,29 +265,85 @@ class AsyncioEngine:
         other frames) were written at once."""
         if self._shut or self._done.done():  # closing (e.g. after a protocol error)
             return False
-        rbuf = self._rbuf
+        return self._guarded(self._feed, n)
+
+    def _feed(self, n: int) -> None:
+        decoder = self._decoder
+        if decoder.pending:  # the rest of a frame begun in an earlier read
+            for msg in decoder.feed(self._rbuf[:n]):
+                if self._shut:
+                    break
+                self._dispatch(msg)
+        else:
+            self._dispatch_frames(self._rbuf, n)
+
+    def _guarded(self, serve: Callable[[Any], None], arg: Any) -> bool:
+        """Run ``serve(arg)`` as a read callback's dispatch: answers it produces are
+        queued and leave in one write at the end; a bad frame (:class:`FrameTooLarge`,
+        :class:`ProtocolError`) or an internal error finishes the engine, never the
+        process. Whether anything was written."""
         writes = self._writes
         self._in_dispatch = True
         try:
-            decoder = self._decoder
-            if decoder.pending:  # the rest of a frame begun in an earlier read
-                for msg in decoder.feed(rbuf[:n]):
-                    if self._shut:
-                        break
-                    self._dispatch(msg)
-            else:
-                self._dispatch_frames(rbuf, n)
+            serve(arg)
         except (FrameTooLarge, ProtocolError) as exc:
             self._finish(exc)
-        except Exception as exc:  # a bug, not the peer's fault: close, never crash
-            log.exception("%s: internal error while dispatching", self._conn.name)
-            self._finish(f"internal error: {exc!r}")
+        except Exception as exc:
+            self._internal_error(exc)
         finally:
             self._in_dispatch = False
         if self._out and not self._flush_scheduled:
             self._write_out()  # every answer of this read leaves in one write
             return True
         return self._writes != writes
+
+    def _serve_polled(self, n: int) -> bool:
+        """Serve the ``n`` bytes a busy-poll read (``_poll_next``); whether answers were
+        written. The common case, a read holding exactly one whole request, is decoded
+        here and its answer handed to the transport as soon as the handler returns
+        (nothing else is queued then); every other read goes through ``_on_data``. (Each
+        step between the read and the answer's write delays the peer, which waits.)"""
+        rbuf = self._rbuf
+        if n <= 4 or self._out or self._shut or self._decoder.pending or self._done.done():
+            return self._on_data(n)
+        (size,) = _unpack_header(rbuf, 0)
+        if size + 4 != n or size > self._max_frame:
+            return self._on_data(n)
+        try:
+            msg = _unpackb(rbuf[4:n], raw=False, strict_map_key=False)
+        except Exception:
+            return self._on_data(n)  # (reports the undecodable frame)
+        if type(msg) is dict and msg.get("t") == "req":
+            rid, m, a, d = msg.get("id"), msg.get("m"), msg.get("a"), msg.get("d", 0)
+            if (type(rid) is int and type(m) is str and type(a) is dict
+                    and (d is None or type(d) is float or type(d) is int)
+                    and "d" in msg and rid not in self._serving):
+                try:
+                    frame = self._answer_now(rid, m, a, d)
+                except Exception as exc:
+                    self._internal_error(exc)
+                    return False
+                if self._out:  # frames the handler queued: they leave first
+                    if frame is not None:
+                        self._out.append(frame)
+                    self._write_out()
+                    return True
+                if frame is None or self._shut:
+                    return False  # (a task answers; or the handler closed the connection)
+                transport = self._transport
+                assert transport is not None, "AsyncioEngine.open() was not awaited"
+                transport.write(frame)
+                self._writes += 1
+                return True
+        return self._guarded(self._dispatch_one, msg)
+
+    def _dispatch_one(self, msg: Any) -> None:
+        self._dispatch(check_message(msg))
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug while dispatching, not the peer's fault: close, never crash."""
+        log.exception("%s: internal error while dispatching", self._conn.name)
+        self._finish(f"internal error: {exc!r}")
 
     def _dispatch_frames(self, rbuf: bytearray, n: int) -> None:
         """Split, decode and dispatch the whole frames in ``rbuf[:n]`` (the hot path:
@@ -361,12 +419,17 @@ class AsyncioEngine:
             if not calls and not self._out and not self._in_dispatch:
                 self._send_now(frame)  # the only call in flight: nothing to coalesce with
                 poll = self._answer_poll
+                if self._unobserved:  # (now, while the peer works: see below)
+                    poll.observe(self._unobserved)
+                    self._unobserved = 0.0
                 if (poll.limit and work.calls == 1 and work.tasks <= 1
                         and poll.should_poll()):
                     t0 = perf_counter()
                     result = self._poll_answer(rid, t0, d)  # (never past the deadline)
                     if result is not _NO_ANSWER:
-                        poll.observe(perf_counter() - t0)
+                        # Observed after the next call's send: the caller waits for
+                        # this result, the peer is idle until that next call.
+                        self._unobserved = perf_counter() - t0
                         return result
                 fut = calls.get(rid)  # (made if polling dispatched other frames)
                 if fut is None:
@@ -466,6 +529,24 @@ class AsyncioEngine:
     def spawn_request(self, rid: int, method: str, args: dict[str, Any], d: float | None) -> None:
         if rid in self._serving:
             raise ProtocolError(f"duplicate request id {rid}")
+        frame = self._answer_now(rid, method, args, d)
+        if frame is None:
+            return
+        if self._in_dispatch:  # the common case: written at the end of the read callback
+            out = self._out
+            out.append(frame)
+            self._out_size += len(frame)
+            if len(out) >= _CHUNK_FRAMES or self._out_size >= _CHUNK_BYTES:
+                self._write_out()  # a chunk of a long burst leaves now
+        else:
+            self.write(frame)
+
+    def _answer_now(self, rid: int, method: str, args: dict[str, Any],
+                    d: float | None) -> bytes | None:
+        """Run the handler of request ``rid`` if it cannot suspend (``PLAIN``,
+        ``INLINE``) and return its answer frame (a handler's exception becomes an error
+        answer); start a task for it otherwise (``TASK``, or a plain handler's awaitable
+        that may suspend) and return ``None``: the task answers."""
         conn = self._conn
         fn, kind = conn._resolved.get(method) or conn._handler(method)
         reply: dict[str, Any]
@@ -473,7 +554,7 @@ class AsyncioEngine:
             reply = error_message(rid, UnknownMethod(f"unknown method {method!r}"))
         elif kind == TASK:
             self._start(rid, method, fn, args, None, d)
-            return
+            return None
         else:
             try:
                 result = fn(**args)
@@ -484,20 +565,12 @@ class AsyncioEngine:
                         result = run_inline(result)
                     else:
                         self._start(rid, method, None, None, result, d)
-                        return
+                        return None
             except Exception as exc:
                 reply = error_message(rid, exc)
             else:
                 reply = {"t": "res", "id": rid, "r": result}
-        frame = self._encode_reply(rid, reply)
-        if self._in_dispatch:  # the common case: written at the end of the read callback
-            out = self._out
-            out.append(frame)
-            self._out_size += len(frame)
-            if len(out) >= _CHUNK_FRAMES or self._out_size >= _CHUNK_BYTES:
-                self._write_out()  # a chunk of a long burst leaves now
-        else:
-            self.write(frame)
+        return self._encode_reply(rid, reply)
 
     def _start(self, rid: int, method: str, fn: Callable[..., Any] | None,
                args: dict[str, Any] | None, work: Awaitable[Any] | None,
