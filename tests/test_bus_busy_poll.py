@@ -165,13 +165,15 @@ def test_polling_server_answers_every_kind_of_request_it_catches(
     running is a protocol error that closes the connection, and the server is
     unharmed."""
     caught: list[int] = []
-    serve_polled = engine_module.AsyncioEngine._serve_polled
+    poll_read = engine_module.AsyncioEngine._poll_read
 
-    def counting(self: engine_module.AsyncioEngine, n: int) -> bool:
-        caught.append(n)
-        return serve_polled(self, n)
+    def counting(self: engine_module.AsyncioEngine, until: float) -> int:
+        n = poll_read(self, until)
+        if n > 0:
+            caught.append(n)
+        return n
 
-    monkeypatch.setattr(engine_module.AsyncioEngine, "_serve_polled", counting)
+    monkeypatch.setattr(engine_module.AsyncioEngine, "_poll_read", counting)
     monkeypatch.setattr(engine_module, "_POLL_BUDGET", 60.0)  # (polls between our sends)
     with served_in_thread(tmp_path, busy_poll=10.0, max_frame_size=4096) as (path, services):
         s = raw_connect(path)

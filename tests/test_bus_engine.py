@@ -35,6 +35,7 @@ from nexusfs.bus import (
 )
 from nexusfs.bus._asyncio_engine import _CHUNK_FRAMES
 from nexusfs.bus.protocol import FrameDecoder, encode_frame
+from nexusfs.errors import NotFound
 
 
 @pytest.fixture(params=LOOPS)
@@ -67,6 +68,33 @@ def test_handler_kinds() -> None:
     assert handler_kind(functools.partial(awaits)) == TASK
     assert handler_kind(len) == PLAIN
     assert handler_kind(CallableObject()) == PLAIN  # its awaitable result runs in a task
+
+
+def test_inline_runner_runs_coroutines_that_cannot_suspend() -> None:
+    """``inline_runner`` returns each coroutine's result, any value at all, many times
+    over; an exception reaches the caller with its traceback and spends the runner (a
+    fresh one works); the coroutines are finished, none left pending."""
+    from nexusfs.bus._serve import inline_runner
+
+    async def value(x: Any) -> Any:
+        return x
+
+    async def fails(msg: str) -> None:
+        raise NotFound(msg, path="/x")
+
+    run = inline_runner()
+    values = [None, 0, "s", b"b", [1, (2,)], {"k": None}, StopIteration]
+    coros = [value(v) for v in values * 100]
+    assert [run(c) for c in coros] == values * 100
+    assert all(c.cr_frame is None for c in coros)  # (returned, not suspended)
+    with pytest.raises(NotFound, match="boom") as info:
+        run(fails("boom"))
+    assert info.value.path == "/x" and info.traceback[-1].name == "fails"
+    unrun = value(1)
+    with pytest.raises(StopIteration):
+        run(unrun)  # spent
+    unrun.close()
+    assert inline_runner()(value("again")) == "again"
 
 
 @pytest.mark.anyio

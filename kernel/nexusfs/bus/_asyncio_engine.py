@@ -64,6 +64,7 @@ from nexusfs.bus._serve import (
     INLINE,
     TASK,
     eof_reason,
+    inline_runner,
     never_suspends,
     run_inline,
 )
@@ -176,6 +177,7 @@ class AsyncioEngine:
         self._answer_poll = BusyPoll(conn.busy_poll)  # for the answer to our own call
         self._answered_at = 0.0  # start of a poll that timed out, 0: none
         self._unobserved = 0.0  # a polled answer's wait, not yet observed
+        self._run_inline = inline_runner()  # for handlers that cannot suspend
 
     async def open(self) -> None:
         """Attach the loop's transport to (a duplicate of) the socket. Must complete
@@ -210,7 +212,7 @@ class AsyncioEngine:
         if answered:  # the first frame after a poll that timed out: the whole wait
             self._answered_at = 0.0
             self._busy_poll.observe(perf_counter() - answered)
-        if self._on_data(n) and self._busy_poll.limit and self._work.idle(0) and (
+        if self._serve_read(n) and self._busy_poll.limit and self._work.idle(0) and (
                 self._busy_poll.should_poll()):
             self._poll_next()
 
@@ -252,7 +254,7 @@ class AsyncioEngine:
             now = perf_counter()
             if n < 0:
                 return
-            wrote = self._serve_polled(n)
+            wrote = self._serve_read(n)
             poll.observe(now - answered)  # (after the answer left: the peer waits for it)
             if not wrote or self._done.done():
                 return  # (no answer written: the peer is not waiting for us)
@@ -297,12 +299,13 @@ class AsyncioEngine:
             return True
         return self._writes != writes
 
-    def _serve_polled(self, n: int) -> bool:
-        """Serve the ``n`` bytes a busy-poll read (``_poll_next``); whether answers were
-        written. The common case, a read holding exactly one whole request, is decoded
-        here and its answer handed to the transport as soon as the handler returns
-        (nothing else is queued then); every other read goes through ``_on_data``. (Each
-        step between the read and the answer's write delays the peer, which waits.)"""
+    def _serve_read(self, n: int) -> bool:
+        """Serve the ``n`` bytes a read put at the start of the receive buffer (by the
+        transport or by busy-polling); whether answers were written. The common case, a
+        read holding exactly one whole request, is decoded here and its answer handed to
+        the transport as soon as the handler returns (nothing else is queued then);
+        every other read goes through ``_on_data``. (Each step between the read and the
+        answer's write delays the peer, which waits.)"""
         rbuf = self._rbuf
         if n <= 4 or self._out or self._shut or self._decoder.pending or self._done.done():
             return self._on_data(n)
@@ -559,15 +562,19 @@ class AsyncioEngine:
             try:
                 result = fn(**args)
                 if kind == INLINE:
-                    result = run_inline(result)
+                    result = self._run_inline(result)
                 elif type(result) not in _WIRE_TYPES and inspect.isawaitable(result):
                     if type(result) is types.CoroutineType and never_suspends(result.cr_code):
-                        result = run_inline(result)
+                        result = self._run_inline(result)
                     else:
                         self._start(rid, method, None, None, result, d)
                         return None
             except Exception as exc:
+                self._run_inline = inline_runner()  # (an exception from it spends it)
                 reply = error_message(rid, exc)
+            except BaseException:
+                self._run_inline = inline_runner()
+                raise
             else:
                 reply = {"t": "res", "id": rid, "r": result}
         return self._encode_reply(rid, reply)

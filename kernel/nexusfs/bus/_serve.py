@@ -28,7 +28,7 @@ import inspect
 import logging
 import time
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -92,6 +92,26 @@ def run_inline(coro: Coroutine[Any, Any, Any]) -> Any:
         return stop.value
     coro.close()  # unreachable for code without a yield; never leave it half-run
     raise RuntimeError("a coroutine without await suspended")
+
+
+def inline_runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """A faster :func:`run_inline` for one thread: ``run(coro)`` runs a coroutine that
+    cannot suspend (:func:`never_suspends`: the caller must have checked) to completion
+    and returns its result, or raises its exception. It drives the coroutine from a
+    generator with ``yield from``, which takes the return value without the
+    ``StopIteration`` that ``coro.send`` raises (about a third of the cost of running a
+    trivial handler here). Not re-entrant; after ``run`` raised, it is spent (make a new
+    one): the exception ended the generator."""
+
+    def trampoline() -> Generator[Any, Coroutine[Any, Any, Any], None]:
+        result = None
+        while True:
+            coro = yield result
+            result = yield from coro.__await__()
+
+    gen = trampoline()
+    next(gen)
+    return gen.send
 
 
 def eof_reason(decoder: FrameDecoder, name: str) -> str:
