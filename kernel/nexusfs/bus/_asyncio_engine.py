@@ -11,8 +11,12 @@ objects per call at the minimum:
 * Serving: ``PLAIN`` handlers and ``INLINE`` coroutines (no ``await`` in their body, see
   :func:`~nexusfs.bus._serve.handler_kind`) run right in the read callback and their
   answers leave in the one write that ends it; a plain handler that returns a coroutine
-  without ``await`` is finished the same way. Other coroutines run as plain asyncio tasks
-  (anyio's ``start_soon`` costs several times more); they may use anyio freely.
+  without ``await`` is finished the same way (by the engine's
+  :func:`~nexusfs.bus._serve.inline_runner`). A read holding exactly one whole request
+  (the common case of a lone caller) skips the generic dispatch: it is decoded, run and
+  its answer handed to the transport at once (``_serve_read``). Other coroutines run as
+  plain asyncio tasks (anyio's ``start_soon`` costs several times more); they may use
+  anyio freely.
 * Calling (:meth:`AsyncioEngine.call`): the caller waits on a bare loop future (no anyio
   event, no cancel scope); the answer is delivered by the read callback.
 * Deadlines of calls and of served requests are kept in two
@@ -24,7 +28,8 @@ objects per call at the minimum:
   request for up to that window before it returns to the loop, and serves it on the
   spot; a call polls for its answer before it awaits it. Either skips the loop's sleep
   and wake-up (see :mod:`~nexusfs.bus._busy_poll`; adaptive, and never more than
-  ``_POLL_BUDGET`` of serving per callback).
+  ``_POLL_BUDGET`` of serving per callback). Bookkeeping that the peer need not wait
+  for (the policy's observations) is done after the answer or the next call left.
 * Writing: frames are queued whole and handed to the transport once per loop iteration
   or read callback (pipelined calls and answers coalesce), a long burst in chunks of
   ``_CHUNK_FRAMES`` frames so that the peer works on one chunk while this side builds
