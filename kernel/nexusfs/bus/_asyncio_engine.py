@@ -23,7 +23,8 @@ objects per call at the minimum:
   :class:`~nexusfs.bus._deadlines.DeadlineQueue` (one loop timer each, not one per
   call); cancellation uses ``Task.cancel()``.
 * Busy-polling (only on a connection created with ``busy_poll``, and only while no
-  other call or served task is in progress on the event loop, see :class:`_Work`):
+  other call or served task is in progress on the event loop, see
+  :class:`~nexusfs.bus._asyncio_loop.LoopWork`):
   after a read callback wrote answers, the engine polls its socket for the peer's next
   request for up to that window before it returns to the loop, and serves it on the
   spot; a call polls for its answer before it awaits it. Either skips the loop's sleep
@@ -55,14 +56,14 @@ import logging
 import socket
 import time
 import types
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from socket import MSG_DONTWAIT
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from msgpack import unpackb as _unpackb
 
+from nexusfs.bus._asyncio_loop import EngineProtocol, work_of
 from nexusfs.bus._busy_poll import BusyPoll
 from nexusfs.bus._deadlines import DeadlineQueue
 from nexusfs.bus._serve import (
@@ -110,37 +111,6 @@ _CHUNK_BYTES: Final = 65536
 _WIRE_TYPES: Final = frozenset({dict, list, str, bytes, int, float, bool, type(None)})
 
 
-class _Work:
-    """What is in progress on the bus on one event loop: calls awaiting an answer and
-    requests served in tasks of their own (all of the loop's connections). Busy-polling
-    blocks the loop, so an engine polls only while nothing else is in progress (an
-    approximation: other loop work, such as timers, is not counted and waits at most
-    one busy-poll window)."""
-
-    __slots__ = ("calls", "tasks")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.tasks = 0
-
-    def idle(self, calls: int) -> bool:
-        return self.calls == calls and self.tasks == 0
-
-    def task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks -= 1
-
-
-_loop_work: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Work] = (
-    weakref.WeakKeyDictionary())
-
-
-def _work_of(loop: asyncio.AbstractEventLoop) -> _Work:
-    work = _loop_work.get(loop)
-    if work is None:
-        work = _loop_work[loop] = _Work()
-    return work
-
-
 #: ``AsyncioEngine._poll_answer``: the answer did not come while polling.
 _NO_ANSWER: Final = object()
 
@@ -156,7 +126,7 @@ class AsyncioEngine:
         self._conn = conn
         self._sock = sock
         self._loop = asyncio.get_running_loop()
-        self._work = _work_of(self._loop)
+        self._work = work_of(self._loop)
         self._decoder = FrameDecoder(conn.max_frame_size)
         self._packer = FramePacker(conn.max_frame_size)
         self._max_frame = conn.max_frame_size
@@ -190,7 +160,7 @@ class AsyncioEngine:
         dup = self._sock.dup()
         try:
             transport, _ = await self._loop.connect_accepted_socket(
-                lambda: _Protocol(self), sock=dup)
+                lambda: EngineProtocol(self), sock=dup)
         except BaseException:
             dup.close()
             raise
@@ -204,6 +174,16 @@ class AsyncioEngine:
         finally:
             await self._drain_tasks()
 
+    def _attach(self, transport: asyncio.Transport) -> None:
+        """The loop's transport for this engine's socket (before anything arrives:
+        answers written while dispatching need it)."""
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._transport = transport
+
+    def _eof(self) -> None:
+        """The peer closed the connection (a frame cut short is reported)."""
+        self._finish(eof_reason(self._decoder, self._conn.name))
+
     def _finish(self, reason: str | BaseException) -> None:
         if not self._done.done():
             if isinstance(reason, BaseException):
@@ -212,7 +192,7 @@ class AsyncioEngine:
                 self._done.set_result(reason)
 
     def _received(self, n: int) -> None:
-        """``n`` bytes arrived in the receive buffer (``_Protocol.buffer_updated``)."""
+        """``n`` bytes arrived in the receive buffer (``EngineProtocol.buffer_updated``)."""
         answered = self._answered_at
         if answered:  # the first frame after a poll that timed out: the whole wait
             self._answered_at = 0.0
@@ -239,7 +219,7 @@ class AsyncioEngine:
                 self._finish(f"read failed: {exc!r}")
                 return -1
             if n == 0:
-                self._finish(eof_reason(self._decoder, self._conn.name))
+                self._eof()
                 return -1
             return n
 
@@ -321,7 +301,7 @@ class AsyncioEngine:
             msg = _unpackb(rbuf[4:n], raw=False, strict_map_key=False)
         except Exception:
             return self._on_data(n)  # (reports the undecodable frame)
-        if type(msg) is dict and msg.get("t") == "req":
+        if type(msg) is dict and msg.get("t") == "req":  # (check_message, inlined)
             rid, m, a, d = msg.get("id"), msg.get("m"), msg.get("a"), msg.get("d", 0)
             if (type(rid) is int and type(m) is str and type(a) is dict
                     and (d is None or type(d) is float or type(d) is int)
@@ -793,44 +773,3 @@ class AsyncioEngine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class _Protocol(asyncio.BufferedProtocol):
-    """The transport's view of an :class:`AsyncioEngine`: data into its buffer, end of
-    stream and flow control to it."""
-
-    __slots__ = ("_engine",)
-
-    def __init__(self, engine: AsyncioEngine) -> None:
-        self._engine = engine
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Before anything can arrive: answers written while dispatching need it.
-        # (uvloop's transports are not asyncio.Transport subclasses, but the same API.)
-        stream = cast(asyncio.Transport, transport)
-        stream.set_write_buffer_limits(high=_HIGH_WATER)
-        self._engine._transport = stream
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._engine._rview
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._engine._received(nbytes)
-
-    def eof_received(self) -> bool:
-        engine = self._engine
-        engine._finish(eof_reason(engine._decoder, engine._conn.name))
-        return False  # the transport closes itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        engine = self._engine
-        if exc is not None:
-            engine._finish(f"read failed: {exc!r}")
-        else:
-            engine._finish(eof_reason(engine._decoder, engine._conn.name))
-
-    def pause_writing(self) -> None:
-        self._engine._pause_writing()
-
-    def resume_writing(self) -> None:
-        self._engine._resume_writing()
